@@ -1,0 +1,39 @@
+#include "cli/cli.h"
+
+#include <CLI/CLI.hpp>
+
+#include "cli/lookup_command.h"
+
+namespace keyfed {
+
+int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
+  CLI::App app{"keyfed: DNSSEC-keyed inter-domain federation node", "keyfed"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  app.footer(exit_status_help());
+
+  LookupOptions lookup_options;
+  CLI::App* lookup = add_lookup_command(app, lookup_options);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return static_cast<int>(ExitStatus::Ok);
+  } catch (const CLI::CallForAllHelp&) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return static_cast<int>(ExitStatus::Ok);
+  } catch (const CLI::ParseError& e) {
+    if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
+      err << "keyfed: error: unknown command '" << argv[1] << "' (see keyfed --help)\n";
+      return static_cast<int>(ExitStatus::BadInput);
+    }
+    err << "keyfed: error: " << e.what() << " (see keyfed --help)\n";
+    return static_cast<int>(ExitStatus::BadInput);
+  }
+
+  if (lookup->parsed()) return static_cast<int>(run_lookup(lookup_options, out, err));
+  return static_cast<int>(ExitStatus::BadInput);
+}
+
+}  // namespace keyfed

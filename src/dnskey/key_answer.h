@@ -1,0 +1,31 @@
+// What DNS says about a domain's keys: one resolver answer, classified into
+// exactly one DnsOutcome (docs/KEYS.md, "Outcomes").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dnskey/key_record.h"
+#include "dnskey/outcome.h"
+
+struct ub_result;
+
+namespace keyfed {
+
+struct DomainKeys {
+  std::string domain;  ///< normalized, without the _impp._tcp prefix
+  DnsOutcome outcome = DnsOutcome::TempFail;
+  std::vector<FederationKey> keys;     ///< validated keys (Keys) or unvalidated ones (Insecure)
+  std::vector<SkippedRecord> skipped;  ///< KEY records that were not usable
+  std::uint32_t ttl = 0;               ///< TTL the resolver returned (RFC 2308 for denials)
+  std::string reason;                  ///< why, for every outcome but Keys (bogus: libunbound's words)
+};
+
+/// Classifies libunbound's answer to the KEY query for `domain`.
+DomainKeys classify_answer(const std::string& domain, const ub_result& result);
+
+/// A TempFail answer with the given reason (timeouts, resolver errors).
+DomainKeys temp_fail(const std::string& domain, std::string reason);
+
+}  // namespace keyfed

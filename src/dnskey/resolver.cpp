@@ -1,0 +1,227 @@
+#include "dnskey/resolver.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "common/ldns.h"
+#include <unbound.h>
+
+#include "common/c_handles.h"
+#include "common/log.h"
+#include "common/uv_handle.h"
+#include "dnskey/domain_name.h"
+
+namespace keyfed {
+
+struct KeyResolver::Context {
+  UbCtxPtr ub;
+  UvHandle<uv_poll_t> poll;  // declared last: closed before the context is deleted
+};
+
+struct KeyResolver::Query {
+  KeyResolver* owner = nullptr;
+  QueryId id = 0;
+  std::string domain;
+  Callback callback;
+  int async_id = 0;       // libunbound's id while the query is with libunbound, else 0
+  std::string failure;    // set when libunbound would not take the query
+  UvHandle<uv_timer_t> deadline;
+};
+
+namespace {
+
+Status check_config_text(const std::string& text, std::string_view what) {
+  if (text.find_first_of("\"\n\r") != std::string::npos) {
+    return make_error("{} '{}' contains a quote or line break", what, text);
+  }
+  return ok_status();
+}
+
+// libunbound's configuration for the testbed (docs/TESTBED.md, "Resolver"):
+// every zone file is an auth-zone consulted instead of name servers, every
+// other name is refused locally, and no name server address may be queried,
+// so nothing ever leaves the machine.
+Result<std::string> unbound_config_text(const ResolverConfig& config) {
+  std::string text =
+      "server:\n"
+      "  logfile: \"/dev/null\"\n"  // keyfed logs outcomes itself
+      "  use-syslog: no\n"
+      "  val-log-level: 2\n";       // fills why_bogus
+  if (config.mode == ResolverMode::Testbed) {
+    text += "  local-zone: \"test.\" nodefault\n";  // RFC 6761 name, blocked by default
+    text += "  local-zone: \".\" refuse\n";
+    // Delegations to zones that were not loaded must fail at once, not wait
+    // on name servers: the testbed sends no packet anywhere.
+    text += "  do-not-query-address: 0.0.0.0/0\n  do-not-query-address: ::/0\n";
+    for (const ZoneFile& zone : config.zones) {
+      text += fmt::format("  local-zone: \"{}.\" transparent\n", zone.origin);
+    }
+    for (const ZoneFile& zone : config.zones) {
+      std::string path = std::filesystem::absolute(zone.path).string();
+      if (Status s = check_config_text(path, "zone file path"); !s) return s.error();
+      text += fmt::format(
+          "auth-zone:\n  name: \"{}.\"\n  zonefile: \"{}\"\n"
+          "  for-upstream: yes\n  for-downstream: no\n  fallback-enabled: no\n",
+          zone.origin, path);
+    }
+  }
+  return text;
+}
+
+// ub_ctx_config() reads a file, so the generated text goes through a private
+// temporary one that is removed at once.
+Status load_unbound_config(ub_ctx* ub, const std::string& text) {
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::string path = fmt::format("{}/keyfed-unbound-XXXXXX", tmpdir != nullptr ? tmpdir : "/tmp");
+  int fd = mkstemp(path.data());
+  if (fd < 0) return make_error("cannot create a temporary file for libunbound's configuration");
+  bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  ::close(fd);
+  int err = written ? ub_ctx_config(ub, path.c_str()) : UB_NOMEM;
+  ::unlink(path.c_str());
+  if (!written) return make_error("cannot write libunbound's configuration to {}", path);
+  if (err != 0) return make_error("libunbound rejected its configuration: {}", ub_strerror(err));
+  return ok_status();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<KeyResolver>> KeyResolver::create(uv_loop_t* loop, ResolverConfig config) {
+  if (Status s = check_resolver_config(config); !s) return s.error();
+  auto resolver = std::unique_ptr<KeyResolver>(new KeyResolver(loop, std::move(config), nullptr));
+  if (Status s = resolver->reload(resolver->config_); !s) return s.error();
+  return resolver;
+}
+
+KeyResolver::KeyResolver(uv_loop_t* loop, ResolverConfig config, std::unique_ptr<Context> context)
+    : loop_(loop), config_(std::move(config)), context_(std::move(context)) {}
+
+KeyResolver::~KeyResolver() {
+  for (auto& [id, query] : queries_) {
+    if (query->async_id != 0 && context_) ub_cancel(context_->ub.get(), query->async_id);
+  }
+  queries_.clear();
+}
+
+Status KeyResolver::reload(ResolverConfig config) {
+  if (Status s = check_resolver_config(config); !s) return s;
+  Result<std::string> text = unbound_config_text(config);
+  if (!text) return text.error();
+
+  auto context = std::make_unique<Context>();
+  context->ub.reset(ub_ctx_create());
+  if (!context->ub) return make_error("cannot create a libunbound context");
+  ub_ctx* ub = context->ub.get();
+  // libunbound works on its own thread and hands results back through a pipe.
+  if (int err = ub_ctx_async(ub, 1); err != 0) {
+    return make_error("libunbound cannot run asynchronously: {}", ub_strerror(err));
+  }
+  if (Status s = load_unbound_config(ub, *text); !s) return s;
+  if (int err = ub_ctx_add_ta_file(ub, config.trust_anchor.c_str()); err != 0) {
+    return make_error("{}: libunbound rejected the trust anchor: {}", config.trust_anchor.string(),
+                      ub_strerror(err));
+  }
+  for (const std::string& forwarder : config.forwarders) {
+    if (int err = ub_ctx_set_fwd(ub, forwarder.c_str()); err != 0) {
+      return make_error("forwarder '{}': {}", forwarder, ub_strerror(err));
+    }
+  }
+
+  context->poll = make_uv_handle<uv_poll_t>();
+  if (int err = uv_poll_init(loop_, context->poll.get(), ub_fd(ub)); err != 0) {
+    delete context->poll.release();  // never initialised, so it must not be uv_close()d
+    return make_error("cannot watch libunbound's result pipe: {}", uv_strerror(err));
+  }
+  context->poll->data = context->ub.get();
+  uv_poll_start(context->poll.get(), UV_READABLE, [](uv_poll_t* handle, int status, int) {
+    if (status < 0) {
+      log_at(LogLevel::Warning, "libunbound result pipe: {}", uv_strerror(status));
+      return;
+    }
+    ub_process(static_cast<ub_ctx*>(handle->data));  // runs on_unbound_result for each answer
+  });
+
+  // Move pending queries over: cancel them on the old context, resend on the new.
+  for (auto& [id, query] : queries_) {
+    if (query->async_id != 0 && context_) ub_cancel(context_->ub.get(), query->async_id);
+    query->async_id = 0;
+  }
+  context_ = std::move(context);
+  config_ = std::move(config);
+  for (auto& [id, query] : queries_) {
+    if (query->failure.empty()) submit(*query);
+  }
+  return ok_status();
+}
+
+KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback callback) {
+  auto query = std::make_unique<Query>();
+  query->owner = this;
+  query->id = next_id_++;
+  query->domain = domain;
+  query->callback = std::move(callback);
+  query->deadline = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop_, query->deadline.get());
+  query->deadline->data = query.get();
+
+  Query& ref = *query;
+  queries_.emplace(ref.id, std::move(query));
+  submit(ref);
+
+  // The deadline also delivers a submit failure, so callbacks never run
+  // inside resolve().
+  auto timeout = ref.failure.empty() ? static_cast<std::uint64_t>(config_.query_timeout.count()) : 0;
+  uv_timer_start(ref.deadline.get(), [](uv_timer_t* timer) {
+    auto* q = static_cast<Query*>(timer->data);
+    KeyResolver* self = q->owner;
+    if (q->async_id != 0) ub_cancel(self->context_->ub.get(), q->async_id);
+    q->async_id = 0;
+    std::string reason = !q->failure.empty()
+        ? q->failure
+        : fmt::format("no answer within {} ms", self->config_.query_timeout.count());
+    self->finish(q->id, temp_fail(q->domain, std::move(reason)));
+  }, timeout, 0);
+  return ref.id;
+}
+
+void KeyResolver::submit(Query& query) {
+  std::string owner = key_owner_name(query.domain);
+  int async_id = 0;
+  int err = ub_resolve_async(context_->ub.get(), owner.c_str(), LDNS_RR_TYPE_KEY, LDNS_RR_CLASS_IN,
+                             &query, &KeyResolver::on_unbound_result, &async_id);
+  if (err != 0) {
+    query.failure = fmt::format("libunbound could not start the query: {}", ub_strerror(err));
+    return;
+  }
+  query.async_id = async_id;
+  ++queries_sent_;
+}
+
+void KeyResolver::on_unbound_result(void* data, int err, ub_result* raw) {
+  UbResultPtr result(raw);
+  auto* query = static_cast<Query*>(data);
+  query->async_id = 0;
+  DomainKeys answer = err != 0 || !result
+      ? temp_fail(query->domain, fmt::format("libunbound: {}", ub_strerror(err)))
+      : classify_answer(query->domain, *result);
+  query->owner->finish(query->id, std::move(answer));
+}
+
+void KeyResolver::cancel(QueryId id) {
+  auto it = queries_.find(id);
+  if (it == queries_.end()) return;
+  if (it->second->async_id != 0) ub_cancel(context_->ub.get(), it->second->async_id);
+  queries_.erase(it);
+}
+
+void KeyResolver::finish(QueryId id, DomainKeys answer) {
+  auto it = queries_.find(id);
+  if (it == queries_.end()) return;
+  Callback callback = std::move(it->second->callback);
+  queries_.erase(it);  // before the callback, which may resolve again
+  callback(std::move(answer));
+}
+
+}  // namespace keyfed

@@ -1,0 +1,75 @@
+// KeyResolver: asynchronous, validating lookup of a domain's KEY RRset on the
+// node's libuv loop (docs/KEYS.md, "Resolution").
+//
+// One libunbound context per resolver, running its work on libunbound's own
+// thread; its result pipe is watched with uv_poll, so the loop never blocks on
+// DNS. Every query has a deadline; past it the query is cancelled and answered
+// TempFail.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <uv.h>
+
+#include "common/result.h"
+#include "dnskey/key_answer.h"
+#include "dnskey/resolver_config.h"
+
+namespace keyfed {
+
+class KeyResolver {
+ public:
+  using QueryId = std::uint64_t;
+  /// Receives the classified answer, always on the loop and never from inside
+  /// resolve() itself.
+  using Callback = std::function<void(DomainKeys)>;
+
+  /// Builds the libunbound context from `config` (checked with
+  /// check_resolver_config first). The loop must outlive the resolver.
+  static Result<std::unique_ptr<KeyResolver>> create(uv_loop_t* loop, ResolverConfig config);
+
+  /// Drops pending queries without calling their callbacks. Handles are
+  /// closed; run the loop once more to release them.
+  ~KeyResolver();
+  KeyResolver(const KeyResolver&) = delete;
+  KeyResolver& operator=(const KeyResolver&) = delete;
+
+  /// Looks up the KEY RRset of `domain` (normalized, see normalize_domain).
+  /// The callback runs exactly once, unless the query is cancelled first.
+  QueryId resolve(const std::string& domain, Callback callback);
+
+  /// Forgets a pending query; its callback will not run. Unknown ids are ignored.
+  void cancel(QueryId id);
+
+  /// Replaces the libunbound context with one built from `config` (re-reading
+  /// zone files and trust anchors). Pending queries move to the new context
+  /// and keep their deadlines. On error the old context stays in service.
+  Status reload(ResolverConfig config);
+
+  const ResolverConfig& config() const { return config_; }
+  std::size_t pending() const { return queries_.size(); }
+  /// Queries sent to libunbound since creation (reissues after reload included).
+  std::uint64_t queries_sent() const { return queries_sent_; }
+
+ private:
+  struct Context;
+  struct Query;
+
+  KeyResolver(uv_loop_t* loop, ResolverConfig config, std::unique_ptr<Context> context);
+  void submit(Query& query);
+  void finish(QueryId id, DomainKeys answer);
+  static void on_unbound_result(void* data, int err, struct ub_result* result);
+
+  uv_loop_t* loop_;
+  ResolverConfig config_;
+  std::unique_ptr<Context> context_;
+  std::unordered_map<QueryId, std::unique_ptr<Query>> queries_;
+  QueryId next_id_ = 1;
+  std::uint64_t queries_sent_ = 0;
+};
+
+}  // namespace keyfed

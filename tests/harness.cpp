@@ -1,0 +1,66 @@
+#include "harness.h"
+
+#include <cstdlib>
+
+#include <catch2/catch.hpp>
+
+#include "config/node_config.h"
+
+namespace keyfed::test {
+
+std::filesystem::path testbed_dir() { return KEYFED_TESTBED_DIR; }
+std::filesystem::path testdata_dir() { return KEYFED_TESTDATA_DIR; }
+
+ResolverConfig testbed_resolver_config() {
+  Result<NodeConfig> config = load_node_config(testbed_dir() / "keyfed.toml");
+  if (!config) FAIL("testbed config: " << config.error().message);
+  return config->resolver;
+}
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "keyfed-test-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+TestLoop::TestLoop() { REQUIRE(uv_loop_init(&loop_) == 0); }
+
+TestLoop::~TestLoop() noexcept(false) {
+  uv_run(&loop_, UV_RUN_DEFAULT);  // lets closing handles finish
+  int rc = uv_loop_close(&loop_);
+  if (std::uncaught_exceptions() == 0) CHECK(rc == 0);  // nothing left behind
+}
+
+void TestLoop::run_until(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  uv_timer_t guard;
+  uv_timer_init(&loop_, &guard);
+  bool expired = false;
+  guard.data = &expired;
+  uv_timer_start(&guard, [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
+                 static_cast<std::uint64_t>(limit.count()), 0);
+  while (!done() && !expired) uv_run(&loop_, UV_RUN_ONCE);
+  uv_close(reinterpret_cast<uv_handle_t*>(&guard), nullptr);
+  uv_run(&loop_, UV_RUN_NOWAIT);  // runs the guard's close
+  REQUIRE_FALSE(expired);
+}
+
+DomainKeys resolve_now(TestLoop& loop, KeyResolver& resolver, const std::string& domain) {
+  std::optional<DomainKeys> answer;
+  resolver.resolve(domain, [&](DomainKeys a) { answer = std::move(a); });
+  loop.run_until([&] { return answer.has_value(); });
+  return *answer;
+}
+
+std::shared_ptr<const CachedKeys> lookup_now(TestLoop& loop, KeyCache& cache, const std::string& domain) {
+  std::shared_ptr<const CachedKeys> entry;
+  cache.lookup(domain, [&](std::shared_ptr<const CachedKeys> e) { entry = std::move(e); });
+  loop.run_until([&] { return entry != nullptr; });
+  return entry;
+}
+
+}  // namespace keyfed::test

@@ -1,0 +1,81 @@
+// Bad configuration files (testdata/configs/*.toml): each names, on its first
+// line, the error it must produce; @TESTBED@ and @TESTDATA@ are replaced by
+// the generated testbed and the testdata directory.
+#include <fstream>
+#include <sstream>
+
+#include <catch2/catch.hpp>
+
+#include "config/node_config.h"
+#include "dnskey/resolver_config.h"
+#include "harness.h"
+
+using namespace keyfed;
+
+namespace {
+
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+  for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("the generated testbed configuration loads", "[config]") {
+  Result<NodeConfig> config = load_node_config(test::testbed_dir() / "keyfed.toml");
+  REQUIRE(config.ok());
+  CHECK(config->resolver.mode == ResolverMode::Testbed);
+  CHECK(config->resolver.zones.size() == 11);
+  CHECK(config->resolver.query_timeout == std::chrono::milliseconds(3000));
+  CHECK(config->key_cache.failure_ttl == std::chrono::seconds(60));
+  bool has_parent = false;
+  for (const ZoneFile& z : config->resolver.zones) has_parent |= z.origin == "test";
+  CHECK(has_parent);
+}
+
+TEST_CASE("each bad configuration file gets a one-line error naming file and line", "[config]") {
+  test::TempDir dir;
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(test::testdata_dir() / "configs")) {
+    std::ifstream in(entry.path());
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    std::string text = buffer.str();
+    REQUIRE(text.rfind("# expect: ", 0) == 0);
+    std::string expected = text.substr(10, text.find('\n') - 10);
+    text = replace_all(text, "@TESTBED@", test::testbed_dir().string());
+    text = replace_all(text, "@TESTDATA@", test::testdata_dir().string());
+    std::filesystem::path copy = dir.path() / entry.path().filename();
+    std::ofstream(copy) << text;
+
+    INFO(entry.path().filename().string());
+    Result<NodeConfig> config = load_node_config(copy);
+    REQUIRE_FALSE(config.ok());
+    const std::string& message = config.error().message;
+    CHECK_THAT(message, Catch::Contains(expected));
+    CHECK_THAT(message, Catch::StartsWith(copy.string()));
+    CHECK(message.find('\n') == std::string::npos);
+    ++files;
+  }
+  CHECK(files >= 15);
+}
+
+TEST_CASE("an unreadable configuration file is named in the error", "[config]") {
+  Result<NodeConfig> config = load_node_config("/nonexistent/keyfed.toml");
+  REQUIRE_FALSE(config.ok());
+  CHECK(config.error().message == "/nonexistent/keyfed.toml: cannot read the configuration file");
+}
+
+TEST_CASE("zone and trust anchor files are checked with file and line", "[config]") {
+  auto zone = inspect_zone_file(test::testdata_dir() / "zones" / "garbled.zone");
+  REQUIRE_FALSE(zone.ok());
+  CHECK_THAT(zone.error().message, Catch::Contains("garbled.zone:5: "));
+  auto good = inspect_zone_file(test::testbed_dir() / "beta.test.zone.signed");
+  REQUIRE(good.ok());
+  CHECK(good->origin == "beta.test");
+  CHECK(check_trust_anchor_file(test::testbed_dir() / "trust-anchor.ds").ok());
+  auto empty = check_trust_anchor_file(test::testdata_dir() / "zones" / "no-soa.zone");
+  REQUIRE_FALSE(empty.ok());
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Builds the signed testbed from the unsigned templates in zones/.
+#
+#   tools/make-testbed.sh [ZONES_DIR] OUT_DIR
+#
+# Generates, in OUT_DIR (never in the source tree):
+#   fedkeys/<name>.pem      federation private keys (0600), one per @ED25519:/@P256: placeholder
+#   zonekeys/<zone>/        DNSSEC zone keys (ldns-keygen), 0600 private parts
+#   <stem>.zone.signed      each zone, signed with ldns-signzone (unsigned zones: <stem>.zone)
+#   trust-anchor.ds         DS of the test. zone key: the testbed's only trust anchor
+#   keyfed.toml             a node configuration resolving through these zones
+#   domains.txt             the testbed domains, for the demo
+# Signatures are valid from one day ago for 30 days (except the "expired" zone),
+# so the output must be regenerated, never committed. See docs/TESTBED.md.
+set -euo pipefail
+umask 077
+
+if [ $# -eq 1 ]; then zones_dir="$(cd "$(dirname "$0")/../zones" && pwd)"; out="$1"
+elif [ $# -eq 2 ]; then zones_dir="$(cd "$1" && pwd)"; out="$2"
+else echo "usage: $0 [ZONES_DIR] OUT_DIR" >&2; exit 2; fi
+
+for tool in ldns-keygen ldns-signzone ldns-key2ds openssl; do
+  command -v "$tool" >/dev/null || { echo "make-testbed: $tool not found (run tools/install-deps.sh)" >&2; exit 2; }
+done
+
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+rm -rf "$out/zonekeys" "$out/fedkeys" "$out/work"
+mkdir -p "$out/zonekeys" "$out/fedkeys" "$out/work"
+rm -f "$out"/*.zone "$out"/*.zone.signed
+
+die() { echo "make-testbed: $*" >&2; exit 2; }
+
+# Federation keys: raw public key in base64, in the KEY RDATA format of
+# docs/KEYS.md (Ed25519: 32 bytes; P-256: X||Y, 64 bytes).
+fed_pubkey() { # kind name
+  local kind=$1 name=$2 pem="$out/fedkeys/$2.pem"
+  if [ ! -f "$pem" ]; then
+    case $kind in
+      ED25519) openssl genpkey -algorithm ed25519 -out "$pem" 2>/dev/null ;;
+      P256) openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$pem" 2>/dev/null ;;
+    esac
+  fi
+  case $kind in
+    ED25519) openssl pkey -in "$pem" -pubout -outform DER | tail -c 32 | base64 -w0 ;;
+    P256) openssl pkey -in "$pem" -pubout -outform DER | tail -c 64 | base64 -w0 ;;
+  esac
+}
+
+# Replaces every @ED25519:name@ and @P256:name@ in a template.
+fill_keys() { # in out
+  cp "$1" "$2"
+  local ph kind name b64
+  for ph in $(grep -oE '@(ED25519|P256):[A-Za-z0-9_-]+@' "$1" | sort -u); do
+    kind=${ph#@}; kind=${kind%%:*}; name=${ph#*:}; name=${name%@}
+    b64=$(fed_pubkey "$kind" "$name")
+    sed -i "s#$ph#$b64#g" "$2"
+  done
+}
+
+zone_key() { # origin -> prints key basename (created once per origin)
+  local dir="$out/zonekeys/$1"
+  if [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    (cd "$dir" && ldns-keygen -k -a ED25519 "$1" >/dev/null) || die "ldns-keygen failed for $1"
+  fi
+  local k; k=$(ls "$dir"/K*.key | head -1); echo "${k%.key}"
+}
+
+now=$(date -u +%s)
+inception=$(date -u -d "@$((now - 86400))" +%Y%m%d%H%M%S)
+expiration=$(date -u -d "@$((now + 30 * 86400))" +%Y%m%d%H%M%S)
+
+declare -A ds_of
+zones=()
+while read -r stem origin mode; do
+  case "$stem" in ''|\#*) continue ;; esac
+  tpl="$zones_dir/$stem.zone"
+  [ -f "$tpl" ] || die "$zones_dir/testbed.manifest: no template $tpl"
+  work="$out/work/$stem.zone"
+  fill_keys "$tpl" "$work"
+  for child in "${!ds_of[@]}"; do
+    ds=${ds_of[$child]}
+    awk -v ph="@DS:$child@" -v ds="$ds" '$0 == ph { print ds; next } { print }' "$work" > "$work.tmp" && mv "$work.tmp" "$work"
+  done
+  if grep -q '^@DS:' "$work"; then die "$tpl: DS placeholder for a zone not signed before it: $(grep -o '^@DS:[^@]*@' "$work" | head -1)"; fi
+
+  if [ "$mode" = unsigned ]; then
+    cp "$work" "$out/$stem.zone"; zones+=("$stem.zone")
+    continue
+  fi
+  key=$(zone_key "$origin")
+  case $mode in
+    signed|tamper|wrong-ds) ldns-signzone -i "$inception" -e "$expiration" -f "$out/$stem.zone.signed" -o "$origin" "$work" "$key" ;;
+    expired) ldns-signzone -i 20200101000000 -e 20200201000000 -f "$out/$stem.zone.signed" -o "$origin" "$work" "$key" ;;
+    *) die "$zones_dir/testbed.manifest: unknown mode '$mode' for $stem" ;;
+  esac
+  zones+=("$stem.zone.signed")
+  if [ "$mode" = tamper ]; then
+    # Swap the published key for another one after signing: the RRSIG no longer matches.
+    old=$(awk '$4 == "KEY" { print $8; exit }' "$out/$stem.zone.signed")
+    [ -n "$old" ] || die "$tpl: tamper mode needs a KEY record"
+    new=$(fed_pubkey ED25519 "$origin-substitute")
+    sed -i "s#$old#$new#" "$out/$stem.zone.signed"
+  fi
+  if [ "$stem" = "$origin" ]; then
+    if [ "$mode" = wrong-ds ]; then
+      # A DS of a key that never appears in the zone.
+      mkdir -p "$out/work/stray-$origin"
+      stray=$(cd "$out/work/stray-$origin" && ldns-keygen -k -a ED25519 "$origin")
+      ds_of[$origin]=$(ldns-key2ds -n -2 "$out/work/stray-$origin/$stray.key")
+    else
+      ds_of[$origin]=$(ldns-key2ds -n -2 "$key.key")
+    fi
+  fi
+done < "$zones_dir/testbed.manifest"
+
+[ -n "${ds_of[test]:-}" ] || die "the manifest must sign the zone 'test'"
+echo "${ds_of[test]}" > "$out/trust-anchor.ds"
+
+{
+  echo "# Generated by tools/make-testbed.sh: a node resolving through the signed testbed zones."
+  echo "# Paths are relative to this file. See docs/CONFIG.md."
+  echo "[resolver]"
+  echo 'mode = "testbed"'
+  echo 'trust_anchor = "trust-anchor.ds"'
+  echo "zones = ["
+  for z in "${zones[@]}"; do
+    case $z in beta.test.rolled.*) continue ;; esac  # swapped in by the rollover test
+    echo "  \"$z\","
+  done
+  echo "]"
+  echo "query_timeout_ms = 3000"
+  echo ""
+  echo "[key_cache]"
+  echo "min_ttl = 30"
+  echo "max_ttl = 86400"
+  echo "failure_ttl = 60"
+} > "$out/keyfed.toml"
+
+printf '%s\n' alpha.test beta.test gamma.test nokey.test absent.test unsupported.test mixed.test \
+  insecure.test expired.test tampered.test badds.test > "$out/domains.txt"
+chmod 0644 "$out"/*.zone* "$out/trust-anchor.ds" "$out/keyfed.toml" "$out/domains.txt"
+rm -rf "$out/work"
+echo "make-testbed: ${#zones[@]} zones in $out"
