@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "common/ldns.h"
@@ -30,59 +31,68 @@ std::string dname_text(const ldns_rdf* dname) {
   return out;
 }
 
-}  // namespace
-
-Result<ZoneFile> inspect_zone_file(const std::filesystem::path& path) {
-  Result<FilePtr> file = open_for_reading(path, "zone file");
-  if (!file) return file.error();
-  ldns_zone* raw = nullptr;
-  int line = 0;
-  ldns_status status = ldns_zone_new_frm_fp_l(&raw, file->get(), nullptr, 0, LDNS_RR_CLASS_IN, &line);
-  LdnsZonePtr zone(raw);
-  if (status != LDNS_STATUS_OK) {
-    return make_error("{}:{}: {}", path.string(), line, ldns_get_errorstr_by_id(status));
-  }
-  const ldns_rr* soa = ldns_zone_soa(zone.get());
-  if (soa == nullptr) return make_error("{}: zone file has no SOA record", path.string());
-  return ZoneFile{dname_text(ldns_rr_owner(soa)), path};
-}
-
-Status check_trust_anchor_file(const std::filesystem::path& path) {
-  Result<FilePtr> file = open_for_reading(path, "trust anchor file");
+// Reads the records of a zone-format file one by one, handing each to
+// `visit` (which may stop the walk with an error). ldns_zone_new_frm_fp_l()
+// is not used: ldns 1.8.3 leaks the records read before a syntax error.
+Status for_each_record(const std::filesystem::path& path, std::string_view what,
+                       const std::function<Status(const ldns_rr*, int line)>& visit) {
+  Result<FilePtr> file = open_for_reading(path, what);
   if (!file) return file.error();
   std::uint32_t default_ttl = 3600;
   ldns_rdf* origin_raw = nullptr;
   ldns_rdf* prev_raw = nullptr;
   int line = 0;
-  std::size_t anchors = 0;
   Status result = ok_status();
-  while (!std::feof(file->get())) {
+  while (result.ok() && !std::feof(file->get())) {
     ldns_rr* rr_raw = nullptr;
     ldns_status status =
         ldns_rr_new_frm_fp_l(&rr_raw, file->get(), &default_ttl, &origin_raw, &prev_raw, &line);
     LdnsRrPtr rr(rr_raw);
-    if (status == LDNS_STATUS_SYNTAX_EMPTY || status == LDNS_STATUS_SYNTAX_TTL ||
-        status == LDNS_STATUS_SYNTAX_ORIGIN) {
-      continue;
+    switch (status) {
+      case LDNS_STATUS_OK: result = visit(rr.get(), line); break;
+      case LDNS_STATUS_SYNTAX_EMPTY:
+      case LDNS_STATUS_SYNTAX_TTL:
+      case LDNS_STATUS_SYNTAX_ORIGIN: break;
+      case LDNS_STATUS_SYNTAX_INCLUDE:
+        result = make_error("{}:{}: $INCLUDE is not supported", path.string(), line);
+        break;
+      default:
+        result = make_error("{}:{}: {}", path.string(), line, ldns_get_errorstr_by_id(status));
     }
-    if (status != LDNS_STATUS_OK) {
-      result = make_error("{}:{}: {}", path.string(), line, ldns_get_errorstr_by_id(status));
-      break;
-    }
-    ldns_rr_type type = ldns_rr_get_type(rr.get());
-    if (type != LDNS_RR_TYPE_DS && type != LDNS_RR_TYPE_DNSKEY) {
-      result = make_error("{}:{}: a trust anchor must be a DS or DNSKEY record", path.string(),
-                          line);
-      break;
-    }
-    ++anchors;
   }
   LdnsRdfPtr origin(origin_raw);
   LdnsRdfPtr prev(prev_raw);
-  if (result.ok() && anchors == 0) {
-    return make_error("{}: no DS or DNSKEY record in the trust anchor file", path.string());
-  }
   return result;
+}
+
+}  // namespace
+
+Result<ZoneFile> inspect_zone_file(const std::filesystem::path& path) {
+  std::string origin;
+  Status read = for_each_record(path, "zone file", [&](const ldns_rr* rr, int line) -> Status {
+    if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_SOA) return ok_status();
+    if (!origin.empty()) return make_error("{}:{}: a second SOA record", path.string(), line);
+    origin = dname_text(ldns_rr_owner(rr));
+    return ok_status();
+  });
+  if (!read) return read.error();
+  if (origin.empty()) return make_error("{}: zone file has no SOA record", path.string());
+  return ZoneFile{origin, path};
+}
+
+Status check_trust_anchor_file(const std::filesystem::path& path) {
+  std::size_t anchors = 0;
+  Status read = for_each_record(path, "trust anchor file", [&](const ldns_rr* rr, int line) -> Status {
+    ldns_rr_type type = ldns_rr_get_type(rr);
+    if (type != LDNS_RR_TYPE_DS && type != LDNS_RR_TYPE_DNSKEY) {
+      return make_error("{}:{}: a trust anchor must be a DS or DNSKEY record", path.string(), line);
+    }
+    ++anchors;
+    return ok_status();
+  });
+  if (!read) return read;
+  if (anchors == 0) return make_error("{}: no DS or DNSKEY record in the trust anchor file", path.string());
+  return ok_status();
 }
 
 Status check_resolver_config(const ResolverConfig& config) {
