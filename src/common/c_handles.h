@@ -10,6 +10,7 @@
 #include <openssl/bn.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <unbound.h>
 
@@ -28,6 +29,9 @@ using CPtr = std::unique_ptr<T, CFree<FreeFunction>>;
 
 using BnPtr = CPtr<BIGNUM, BN_free>;
 using BnCtxPtr = CPtr<BN_CTX, BN_CTX_free>;
+using X509Ptr = CPtr<X509, X509_free>;
+using SslCtxPtr = CPtr<SSL_CTX, SSL_CTX_free>;
+using SslPtr = CPtr<SSL, SSL_free>;
 using EvpPkeyPtr = CPtr<EVP_PKEY, EVP_PKEY_free>;
 using EvpPkeyCtxPtr = CPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
 using EvpMdCtxPtr = CPtr<EVP_MD_CTX, EVP_MD_CTX_free>;

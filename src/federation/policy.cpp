@@ -1,0 +1,133 @@
+#include "federation/policy.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <openssl/crypto.h>
+
+namespace keyfed {
+namespace {
+
+std::optional<FederationKey> matching_key(const std::vector<FederationKey>& keys,
+                                          std::span<const std::uint8_t> spki) {
+  for (const FederationKey& key : keys) {
+    if (key.spki_der.size() == spki.size() && CRYPTO_memcmp(key.spki_der.data(), spki.data(), spki.size()) == 0) {
+      return key;
+    }
+  }
+  return std::nullopt;
+}
+
+PolicyVerdict verdict(Decision decision, std::string reason, std::optional<FederationKey> key = std::nullopt) {
+  return PolicyVerdict{decision, std::move(reason), std::move(key)};
+}
+
+// POLICY.md §1, rows "keys" and "insecure (weak-auth)": the peer must prove it
+// holds one of these keys.
+PolicyVerdict require_key(const DomainKeys& answer, std::span<const std::uint8_t> peer_spki, Decision on_match,
+                          std::string_view what) {
+  if (peer_spki.empty()) {
+    return verdict(Decision::Refuse, fmt::format("{} publishes {} keys but the peer sent no certificate",
+                                                 answer.domain, what));
+  }
+  if (auto key = matching_key(answer.keys, peer_spki)) {
+    return verdict(on_match, fmt::format("peer holds {} key {} of {}", what, key->key_tag, answer.domain), key);
+  }
+  return verdict(Decision::Refuse, fmt::format("the peer's key is not one of the {} key(s) {} publishes",
+                                               answer.keys.size(), answer.domain));
+}
+
+}  // namespace
+
+std::string_view to_string(Decision decision) {
+  switch (decision) {
+    case Decision::Authenticated: return "authenticated";
+    case Decision::WeaklyAuthenticated: return "weakly-authenticated";
+    case Decision::Unauthenticated: return "unauthenticated";
+    case Decision::Refuse: return "refuse";
+    case Decision::Defer: return "defer";
+  }
+  return "refuse";
+}
+
+std::string_view to_string(Direction direction) {
+  return direction == Direction::Inbound ? "inbound" : "outbound";
+}
+
+std::string_view to_string(InsecurePolicy policy) {
+  switch (policy) {
+    case InsecurePolicy::Refuse: return "refuse";
+    case InsecurePolicy::Unauthenticated: return "unauthenticated";
+    case InsecurePolicy::WeakAuth: return "weak-auth";
+  }
+  return "refuse";
+}
+
+std::optional<InsecurePolicy> insecure_policy_from_string(std::string_view word) {
+  for (InsecurePolicy p : {InsecurePolicy::Refuse, InsecurePolicy::Unauthenticated, InsecurePolicy::WeakAuth}) {
+    if (to_string(p) == word) return p;
+  }
+  return std::nullopt;
+}
+
+bool is_accepted(Decision decision) {
+  return decision == Decision::Authenticated || decision == Decision::WeaklyAuthenticated ||
+         decision == Decision::Unauthenticated;
+}
+
+PolicyVerdict decide(const PolicyConfig& config, Direction direction, const DomainKeys& answer,
+                     std::span<const std::uint8_t> peer_spki) {
+  auto override_it = config.overrides.find(answer.domain);
+  // POLICY.md §3: an explicit refusal wins over everything.
+  if (override_it != config.overrides.end() && override_it->second == PeerOverride::Refuse) {
+    return verdict(Decision::Refuse, fmt::format("{} is refused by configuration", answer.domain));
+  }
+  bool require_auth = override_it != config.overrides.end() && override_it->second == PeerOverride::RequireAuth;
+
+  switch (answer.outcome) {
+    case DnsOutcome::Keys:
+      return require_key(answer, peer_spki, Decision::Authenticated, "validated");
+
+    case DnsOutcome::Bogus:
+    case DnsOutcome::TempFail: {
+      // Never read as "no keys": no downgrade (POLICY.md §1).
+      Decision d = direction == Direction::Inbound ? Decision::Refuse : Decision::Defer;
+      return verdict(d, fmt::format("key lookup for {} was {}: {}", answer.domain, to_string(answer.outcome),
+                                    answer.reason));
+    }
+
+    case DnsOutcome::Unusable:
+      return verdict(Decision::Refuse, fmt::format("{} publishes keys, but none is usable", answer.domain));
+
+    case DnsOutcome::NoKeys:
+      if (require_auth) {
+        return verdict(Decision::Refuse,
+                       fmt::format("{} must authenticate (configuration) but publishes no key", answer.domain));
+      }
+      if (!config.allow_unauthenticated) {
+        return verdict(Decision::Refuse,
+                       fmt::format("{} provably publishes no key and unauthenticated peers are not allowed",
+                                   answer.domain));
+      }
+      return verdict(Decision::Unauthenticated, fmt::format("{} provably publishes no key", answer.domain));
+
+    case DnsOutcome::Insecure:
+      if (require_auth) {
+        return verdict(Decision::Refuse,
+                       fmt::format("{} must authenticate (configuration) but its keys are not validated",
+                                   answer.domain));
+      }
+      switch (config.insecure) {
+        case InsecurePolicy::Refuse:
+          return verdict(Decision::Refuse, fmt::format("{} has no DNSSEC chain of trust", answer.domain));
+        case InsecurePolicy::Unauthenticated:
+          return verdict(Decision::Unauthenticated,
+                         fmt::format("{} has no DNSSEC chain of trust; accepted unauthenticated", answer.domain));
+        case InsecurePolicy::WeakAuth:
+          return require_key(answer, peer_spki, Decision::WeaklyAuthenticated, "unvalidated");
+      }
+  }
+  return verdict(Decision::Refuse, "unknown lookup outcome");
+}
+
+}  // namespace keyfed
