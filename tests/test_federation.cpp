@@ -1,0 +1,384 @@
+// The federation core between real nodes on loopback (docs/POLICY.md,
+// docs/PROTOCOL.md): authentication, each refusal, sender binding,
+// revocation, rollover, limits.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/ssl.h>
+
+#include "fed_harness.h"
+#include "federation/identity.h"
+
+using namespace keyfed;
+using namespace keyfed::test;
+
+namespace {
+
+std::filesystem::path fresh_key(const TempDir& dir, const std::string& name, std::uint8_t alg = kAlgorithmEd25519) {
+  auto path = dir.path() / (name + ".pem");
+  REQUIRE(generate_key_file(path, alg).ok());
+  return path;
+}
+
+nlohmann::json last_audit(const FedNode& n) {
+  REQUIRE_FALSE(n.audit_lines.empty());
+  return nlohmann::json::parse(n.audit_lines.back());
+}
+
+}  // namespace
+
+TEST_CASE("two key-publishing domains authenticate each other and exchange messages both ways",
+          "[federation]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+
+  auto b2a = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(b2a.ok());
+  CHECK(b2a->decision == Decision::Authenticated);
+  CHECK(b2a->peer_key.has_value());
+  auto inbound = last_audit(alpha);
+  CHECK(inbound["event"] == "claim");
+  CHECK(inbound["claimed_domain"] == "beta.test");
+  CHECK(inbound["outcome"] == "keys");
+  CHECK(inbound["decision"] == "authenticated");
+  CHECK(inbound.contains("spki_sha256"));
+
+  std::string hello = cpim_message("im:bob@beta.test", "im:alice@alpha.test", "hello alice");
+  REQUIRE(beta.send(b2a->id, hello).ok());
+  REQUIRE(alpha.delivered.size() == 1);
+  CHECK(std::string(alpha.delivered[0].cpim.begin(), alpha.delivered[0].cpim.end()) == hello);  // verbatim
+  CHECK(alpha.delivered[0].session.peer_domain == "beta.test");
+  CHECK(alpha.delivered[0].session.decision == Decision::Authenticated);
+
+  auto a2b = alpha.connect_to(beta, "beta.test");
+  REQUIRE(a2b.ok());
+  CHECK(a2b->decision == Decision::Authenticated);
+  REQUIRE(alpha.send(a2b->id, cpim_message("im:alice@alpha.test", "im:bob@beta.test", "hi bob")).ok());
+  REQUIRE(beta.delivered.size() == 1);
+  CHECK(beta.delivered[0].routing.from.uri == "im:alice@alpha.test");
+}
+
+TEST_CASE("an ECDSA P-256 domain key authenticates like an Ed25519 one", "[federation]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode gamma(loop, "gamma.test", fedkey("gamma-1"));
+  auto session = gamma.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  CHECK(last_audit(alpha)["decision"] == "authenticated");
+  CHECK(alpha.node->sessions().at(0).peer_key->algorithm == kAlgorithmEcdsaP256);
+}
+
+TEST_CASE("claims are refused without the right key", "[federation][refusal]") {
+  TempDir dir;
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+
+  struct Case {
+    std::string name, domain;
+    std::filesystem::path key;
+    std::string reason;
+  };
+  std::vector<Case> cases = {
+      {"another key", "beta.test", fresh_key(dir, "stranger"), "not one of the 2 key(s) beta.test publishes"},
+      {"another domain's key", "beta.test", fedkey("gamma-1"), "not one of the 2 key(s) beta.test publishes"},
+      {"bogus zone", "tampered.test", fedkey("tampered-1"), "was bogus"},
+      {"expired zone", "expired.test", fedkey("expired-1"), "was bogus"},
+      {"lookup temp-fail", "elsewhere.example", fresh_key(dir, "elsewhere"), "was temp-fail"},
+      {"unusable keys", "unsupported.test", fresh_key(dir, "unsupported"), "none is usable"},
+      {"no-keys not allowed", "nokey.test", fresh_key(dir, "nokey"), "unauthenticated peers are not allowed"},
+      {"insecure refused", "insecure.test", fedkey("insecure-1"), "no DNSSEC chain of trust"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    FedNode claimant(loop, c.domain, c.key);
+    auto result = claimant.connect_to(alpha, "alpha.test");
+    REQUIRE_FALSE(result.ok());
+    CHECK_THAT(result.error().message, Catch::Contains("refused"));
+    auto audit = last_audit(alpha);
+    CHECK(audit["claimed_domain"] == c.domain);
+    CHECK(audit["decision"] == "refuse");
+    CHECK_THAT(audit["reason"].get<std::string>(), Catch::Contains(c.reason));
+    CHECK(alpha.delivered.empty());
+  }
+}
+
+TEST_CASE("a claim without a client certificate is refused", "[federation][refusal]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  RawClientScript script;
+  script.port = alpha.node->port();
+  script.claim = "beta.test";
+  RawClient client(script);
+  RawClientResult result = client.wait(loop);
+  CHECK(result.tls_ok);
+  REQUIRE_FALSE(result.frames.empty());
+  CHECK(result.frames.back().type == static_cast<std::uint8_t>(FrameType::Error));
+  auto audit = last_audit(alpha);
+  CHECK(audit["decision"] == "refuse");
+  CHECK_THAT(audit["reason"].get<std::string>(), Catch::Contains("sent no certificate"));
+}
+
+TEST_CASE("the initiator refuses a responder without the target domain's key", "[federation][refusal]") {
+  TempDir dir;
+  TestLoop loop;
+  // A server that answers for alpha.test with a key alpha.test does not publish.
+  FedNode impostor(loop, "alpha.test", fresh_key(dir, "impostor"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  auto result = beta.connect_to(impostor, "alpha.test");
+  REQUIRE_FALSE(result.ok());
+  auto audit = last_audit(beta);
+  CHECK(audit["event"] == "connect");
+  CHECK(audit["direction"] == "outbound");
+  CHECK(audit["decision"] == "refuse");
+  CHECK(impostor.delivered.empty());
+}
+
+TEST_CASE("a no-keys domain gets an unauthenticated session only when policy allows", "[federation]") {
+  TempDir dir;
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"), [](NodeSettings& s) { s.policy.allow_unauthenticated = true; });
+  FedNode nokey(loop, "nokey.test", fresh_key(dir, "nokey"));
+  auto session = nokey.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  auto audit = last_audit(alpha);
+  CHECK(audit["outcome"] == "no-keys");
+  CHECK(audit["decision"] == "unauthenticated");
+  REQUIRE(nokey.send(session->id, cpim_message("im:carol@nokey.test", "im:alice@alpha.test", "hi")).ok());
+  REQUIRE(alpha.delivered.size() == 1);
+  CHECK(alpha.delivered[0].session.decision == Decision::Unauthenticated);  // marked in message metadata
+
+  SECTION("but a per-peer override can still require authentication") {
+    FedNode strict(loop, "alpha.test", fedkey("alpha-1"), [](NodeSettings& s) {
+      s.policy.allow_unauthenticated = true;
+      s.policy.overrides["nokey.test"] = PeerOverride::RequireAuth;
+    });
+    CHECK_FALSE(nokey.connect_to(strict, "alpha.test").ok());
+    CHECK_THAT(last_audit(strict)["reason"].get<std::string>(), Catch::Contains("must authenticate"));
+  }
+  SECTION("and a refused domain is refused even with the right key") {
+    FedNode closed(loop, "alpha.test", fedkey("alpha-1"),
+                   [](NodeSettings& s) { s.policy.overrides["beta.test"] = PeerOverride::Refuse; });
+    FedNode beta(loop, "beta.test", fedkey("beta-new"));
+    CHECK_FALSE(beta.connect_to(closed, "alpha.test").ok());
+    CHECK_THAT(last_audit(closed)["reason"].get<std::string>(), Catch::Contains("refused by configuration"));
+  }
+}
+
+TEST_CASE("insecure domains: weak authentication when configured", "[federation]") {
+  TempDir dir;
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"),
+                [](NodeSettings& s) { s.policy.insecure = InsecurePolicy::WeakAuth; });
+  FedNode insecure(loop, "insecure.test", fedkey("insecure-1"));
+  auto ok = insecure.connect_to(alpha, "alpha.test");
+  REQUIRE(ok.ok());
+  CHECK(last_audit(alpha)["decision"] == "weakly-authenticated");
+  FedNode wrong(loop, "insecure.test", fresh_key(dir, "not-insecure"));
+  CHECK_FALSE(wrong.connect_to(alpha, "alpha.test").ok());
+}
+
+TEST_CASE("sender binding: a message from another domain is NACKed and never delivered", "[federation]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+
+  Status forged = beta.send(session->id, cpim_message("im:mallory@gamma.test", "im:alice@alpha.test", "trust me"));
+  REQUIRE_FALSE(forged.ok());
+  CHECK_THAT(forged.error().message, Catch::Contains("NACK 1"));
+  Status stray = beta.send(session->id, cpim_message("im:bob@beta.test", "im:dave@delta.test", "hi"));
+  REQUIRE_FALSE(stray.ok());
+  CHECK_THAT(stray.error().message, Catch::Contains("NACK 2"));
+  Status junk = beta.send(session->id, "not a cpim message");
+  REQUIRE_FALSE(junk.ok());
+  CHECK_THAT(junk.error().message, Catch::Contains("NACK 3"));
+  CHECK(alpha.delivered.empty());
+  // The session survives bad messages.
+  CHECK(beta.send(session->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", "real")).ok());
+  CHECK(alpha.delivered.size() == 1);
+}
+
+TEST_CASE("presence: subscribe, notify on change, and binding of notifications", "[federation]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  alpha.node->set_presence("pres:alice@alpha.test", "<presence>online</presence>");
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  REQUIRE(beta.node->subscribe(session->id, "pres:bob@beta.test", "pres:alice@alpha.test").ok());
+  loop.run_until([&] { return beta.notified.size() == 1; });
+  CHECK(beta.notified[0].document == "<presence>online</presence>");
+  alpha.node->set_presence("pres:alice@alpha.test", "<presence>away</presence>");
+  loop.run_until([&] { return beta.notified.size() == 2; });
+  CHECK(beta.notified[1].document == "<presence>away</presence>");
+}
+
+TEST_CASE("revocation: removing a key from DNS closes the session it authenticated within one TTL",
+          "[federation][revocation]") {
+  TestLoop loop;
+  ManualClock clock;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"), {}, clock.fn());
+  FedNode beta(loop, "beta.test", fedkey("beta-old"));
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  REQUIRE(alpha.node->sessions().size() == 1);
+
+  // beta.test retires beta-old: the rolled zone is published.
+  ResolverConfig rolled = testbed_resolver_config();
+  for (ZoneFile& z : rolled.zones) {
+    if (z.origin == "beta.test") z.path = testbed_dir() / "beta.test.rolled.zone.signed";
+  }
+  REQUIRE(alpha.resolver->reload(rolled).ok());
+  clock.advance(std::chrono::seconds(200));
+  alpha.node->revalidate();  // within the TTL: nothing changes
+  loop.run_until([&] { return alpha.resolver->pending() == 0; });
+  CHECK(alpha.node->sessions().size() == 1);
+
+  clock.advance(std::chrono::seconds(101));  // TTL passed
+  alpha.node->revalidate();
+  loop.run_until([&] { return alpha.node->sessions().empty(); });
+  REQUIRE_FALSE(alpha.closed.empty());
+  CHECK_THAT(alpha.closed.back().second, Catch::Contains("no longer published"));
+  auto audit = last_audit(alpha);
+  CHECK(audit["event"] == "revoke");
+  CHECK(audit["claimed_domain"] == "beta.test");
+  loop.run_until([&] { return beta.node->sessions().empty(); });  // the peer was told and closed too
+}
+
+TEST_CASE("the documented rollover causes no failed handshake", "[federation][rollover]") {
+  TestLoop loop;
+  ManualClock clock;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"), {}, clock.fn());
+  // 1. old and new published; the node still uses the old key.
+  FedNode beta(loop, "beta.test", fedkey("beta-old"));
+  REQUIRE(beta.connect_to(alpha, "alpha.test").ok());
+  // 2-3. after a TTL, the node switches to the new key (SIGHUP reload).
+  NodeSettings next = beta.node->settings();
+  next.domains[0].key_files = {fedkey("beta-new")};
+  REQUIRE(beta.node->reload(next).ok());
+  REQUIRE(beta.connect_to(alpha, "alpha.test").ok());
+  // 4. the old key is retired from DNS; new handshakes keep working.
+  ResolverConfig rolled = testbed_resolver_config();
+  for (ZoneFile& z : rolled.zones) {
+    if (z.origin == "beta.test") z.path = testbed_dir() / "beta.test.rolled.zone.signed";
+  }
+  REQUIRE(alpha.resolver->reload(rolled).ok());
+  clock.advance(std::chrono::seconds(301));
+  REQUIRE(beta.connect_to(alpha, "alpha.test").ok());
+  for (const std::string& line : alpha.audits_with("\"event\":\"claim\"")) {
+    CHECK_THAT(line, !Catch::Contains("\"decision\":\"refuse\""));
+  }
+  // Retiring the old key did end the session it had authenticated.
+  CHECK(alpha.audits_with("\"event\":\"revoke\"").size() == 1);
+}
+
+TEST_CASE("limits: misbehaving peers are cut off while other sessions go on", "[federation][limits]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"), [](NodeSettings& s) {
+    s.limits.handshake_timeout = std::chrono::milliseconds(300);
+    s.limits.max_frame_size = 2048;
+    s.limits.max_sessions = 3;
+    s.limits.message_rate = 5;
+    s.limits.message_burst = 5;
+  });
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  auto still_works = [&] {
+    loop.run_until([&] { return true; });
+    return beta.node->session(session->id).has_value();
+  };
+  auto closed_with = [&](std::string_view text) {
+    for (const auto& [info, why] : alpha.closed) {
+      if (why.find(text) != std::string::npos) return true;
+    }
+    return false;
+  };
+
+  SECTION("garbage bytes") {
+    RawClient client({.port = alpha.node->port(), .tls = false, .garbage = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"});
+    CHECK(client.wait(loop).closed_by_server);
+    CHECK(closed_with("TLS handshake failed"));
+  }
+  SECTION("TLS 1.2") {
+    RawClient client({.port = alpha.node->port(), .max_tls_version = TLS1_2_VERSION});
+    auto r = client.wait(loop);
+    CHECK_FALSE(r.tls_ok);
+    CHECK(closed_with("TLS handshake failed"));
+  }
+  SECTION("slow drip: no handshake within the timeout") {
+    RawClient client({.port = alpha.node->port(), .tls = false, .garbage = "\x16", .idle_ms = 0});
+    CHECK(client.wait(loop).closed_by_server);
+    CHECK(closed_with("handshake not complete within 300 ms"));
+  }
+  SECTION("oversized frame") {
+    // A second beta.test connection that misbehaves after authenticating.
+    RawClientScript script{.port = alpha.node->port(), .key_file = fedkey("beta-new").string(), .claim = "beta.test"};
+    script.frames_after_claim = {encode_frame(FrameType::Message, std::vector<std::uint8_t>(4096, 'x'))};
+    RawClient client(script);
+    auto r = client.wait(loop);
+    CHECK(r.closed_by_server);
+    REQUIRE_FALSE(r.frames.empty());
+    auto error = parse_error(r.frames.back().payload);
+    REQUIRE(error.ok());
+    CHECK(error->code == ErrorCode::FrameTooLarge);
+    CHECK(closed_with("exceeds the limit of 2048"));
+  }
+  SECTION("unknown frame type gets UNSUPPORTED") {
+    RawClientScript script{.port = alpha.node->port(), .key_file = fedkey("beta-new").string(), .claim = "beta.test"};
+    script.frames_after_claim = {encode_frame(static_cast<FrameType>(0x55), {}),
+                                 encode_frame(FrameType::Error, {})};
+    RawClient client(script);
+    auto r = client.wait(loop);
+    bool unsupported = false;
+    for (const Frame& f : r.frames) {
+      if (f.type == static_cast<std::uint8_t>(FrameType::Unsupported)) unsupported = f.payload == std::vector<std::uint8_t>{0x55};
+    }
+    CHECK(unsupported);
+  }
+  SECTION("flood of connections beyond max_sessions") {
+    std::vector<std::unique_ptr<RawClient>> flood;
+    for (int i = 0; i < 4; ++i) {
+      flood.push_back(std::make_unique<RawClient>(RawClientScript{.port = alpha.node->port(), .tls = false, .garbage = ""}));
+    }
+    for (auto& c : flood) c->wait(loop);
+    CHECK(closed_with("too many sessions"));
+    CHECK(beta.send(session->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", "still here")).ok());
+  }
+  SECTION("message rate per peer domain") {
+    std::vector<std::optional<Status>> results(10);
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      std::string m = cpim_message("im:bob@beta.test", "im:alice@alpha.test", "burst");
+      REQUIRE(beta.node->send_message(session->id, {m.begin(), m.end()}, [&results, i](Status s) { results[i] = s; }).ok());
+    }
+    loop.run_until([&] { return std::all_of(results.begin(), results.end(), [](auto& r) { return r.has_value(); }); });
+    int acked = 0, limited = 0;
+    for (auto& r : results) {
+      if (r->ok()) ++acked;
+      else if (r->error().message.find("NACK 4") != std::string::npos) ++limited;
+    }
+    CHECK(acked == 5);
+    CHECK(limited == 5);
+  }
+  CHECK(still_works());
+}
+
+TEST_CASE("limits: an idle session is closed, and long sessions re-key", "[federation][limits]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"), [](NodeSettings& s) {
+    s.limits.idle_timeout = std::chrono::milliseconds(300);
+    s.limits.keepalive_interval = std::chrono::milliseconds(60000);
+  });
+  FedNode beta(loop, "beta.test", fedkey("beta-new"), [](NodeSettings& s) { s.limits.rekey_bytes = 4096; });
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  std::string text(1500, 'a');
+  for (int i = 0; i < 4; ++i) {
+    REQUIRE(beta.send(session->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", text)).ok());
+  }
+  CHECK(beta.node->session(session->id)->key_updates >= 1);
+  CHECK(alpha.delivered.size() == 4);  // the peer followed the KeyUpdate
+  loop.run_until([&] { return alpha.node->sessions().empty(); });
+  CHECK_THAT(alpha.closed.back().second, Catch::Contains("idle for 300 ms"));
+}
