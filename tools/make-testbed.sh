@@ -9,6 +9,7 @@
 #   <stem>.zone.signed      each zone, signed with ldns-signzone (unsigned zones: <stem>.zone)
 #   trust-anchor.ds         DS of the test. zone key: the testbed's only trust anchor
 #   keyfed.toml             a node configuration resolving through these zones
+#   node-alpha.toml, node-beta.toml   two nodes for the demo (ports 25301, 25302)
 #   domains.txt             the testbed domains, for the demo
 # Signatures are valid from one day ago for 30 days (except the "expired" zone),
 # so the output must be regenerated, never committed. See docs/TESTBED.md.
@@ -138,8 +139,18 @@ echo "${ds_of[test]}" > "$out/trust-anchor.ds"
   echo "failure_ttl = 60"
 } > "$out/keyfed.toml"
 
+# Two node configurations for the demo: alpha.test and beta.test on loopback,
+# beta connecting to alpha at start. Both include keyfed.toml's resolver.
+node_config() { # domain key port [peer-domain peer-port]
+  sed -n '/^\[resolver\]/,$p' "$out/keyfed.toml"
+  printf '\n[node]\nlisten = "127.0.0.1"\nport = %s\n\n[[domains]]\nname = "%s"\nkeys = ["fedkeys/%s.pem"]\n' "$3" "$1" "$2"
+  if [ $# -ge 5 ]; then printf '\n[[peers]]\ndomain = "%s"\naddress = "127.0.0.1"\nport = %s\n' "$4" "$5"; fi
+}
+node_config alpha.test alpha-1 25301 > "$out/node-alpha.toml"
+node_config beta.test beta-new 25302 alpha.test 25301 > "$out/node-beta.toml"
+
 printf '%s\n' alpha.test beta.test gamma.test nokey.test absent.test unsupported.test mixed.test \
   insecure.test expired.test tampered.test badds.test > "$out/domains.txt"
-chmod 0644 "$out"/*.zone* "$out/trust-anchor.ds" "$out/keyfed.toml" "$out/domains.txt"
+chmod 0644 "$out"/*.zone* "$out/trust-anchor.ds" "$out"/*.toml "$out/domains.txt"
 rm -rf "$out/work"
 echo "make-testbed: ${#zones[@]} zones in $out"

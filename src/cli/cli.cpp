@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/lookup_command.h"
+#include "cli/run_command.h"
 
 namespace keyfed {
 
@@ -14,6 +15,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
 
   LookupOptions lookup_options;
   CLI::App* lookup = add_lookup_command(app, lookup_options);
+  RunOptions run_options;
+  CLI::App* run = add_run_command(app, run_options);
 
   try {
     app.parse(argc, argv);
@@ -33,6 +36,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   }
 
   if (lookup->parsed()) return static_cast<int>(run_lookup(lookup_options, out, err));
+  if (run->parsed()) return static_cast<int>(run_node(run_options, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 

@@ -6,6 +6,8 @@
 
 #include <toml++/toml.h>
 
+#include "dnskey/domain_name.h"
+
 namespace keyfed {
 namespace {
 
@@ -159,6 +161,159 @@ Status read_log(const Reader& r, const toml::table& table, LogLevel& out) {
   return ok_status();
 }
 
+Status read_node(const Reader& r, const toml::table& table, NodeConfig& out) {
+  if (Status s = r.only_known(table, "node", {"listen", "port", "revalidate_interval_ms"}); !s) return s;
+  if (const toml::node* node = table.get("listen")) {
+    Result<std::string> v = r.string(*node, "listen");
+    if (!v) return v.error();
+    out.listen_address = *v;
+  }
+  if (const toml::node* node = table.get("port")) {
+    auto v = r.integer(*node, "port", 0, 65535);
+    if (!v) return v.error();
+    out.listen_port = static_cast<int>(*v);
+  }
+  if (const toml::node* node = table.get("revalidate_interval_ms")) {
+    auto v = r.integer(*node, "revalidate_interval_ms", 0, 86400000);
+    if (!v) return v.error();
+    out.federation.revalidate_interval = std::chrono::milliseconds{*v};
+  }
+  return ok_status();
+}
+
+Status read_domains(const Reader& r, const toml::array& array, NodeConfig& out) {
+  for (const toml::node& item : array) {
+    const toml::table* table = item.as_table();
+    if (table == nullptr) return r.at(item, "[[domains]] entries must be tables");
+    if (Status s = r.only_known(*table, "domains", {"name", "keys"}); !s) return s;
+    const toml::node* name = table->get("name");
+    const toml::node* keys = table->get("keys");
+    if (name == nullptr || keys == nullptr || keys->as_array() == nullptr) {
+      return r.at(item, "[[domains]] needs name = \"DOMAIN\" and keys = [\"FILE\", ...]");
+    }
+    Result<std::string> text = r.string(*name, "name");
+    if (!text) return text.error();
+    Result<std::string> domain = normalize_domain(*text);
+    if (!domain) return r.at(*name, domain.error().message);
+    HostedDomain hosted{*domain, {}};
+    for (const toml::node& key : *keys->as_array()) {
+      Result<std::string> file = r.string(key, "keys");
+      if (!file) return file.error();
+      hosted.key_files.push_back(r.relative_to_file(*file));
+    }
+    if (hosted.key_files.empty()) return r.at(*keys, "'keys' must name at least one private key file");
+    out.federation.domains.push_back(std::move(hosted));
+  }
+  return ok_status();
+}
+
+Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out) {
+  if (Status s = r.only_known(table, "policy", {"allow_unauthenticated", "insecure", "peers"}); !s) return s;
+  if (const toml::node* node = table.get("allow_unauthenticated")) {
+    auto v = node->value<bool>();
+    if (!v) return r.at(*node, "'allow_unauthenticated' must be true or false");
+    out.allow_unauthenticated = *v;
+  }
+  if (const toml::node* node = table.get("insecure")) {
+    Result<std::string> v = r.string(*node, "insecure");
+    if (!v) return v.error();
+    auto policy = insecure_policy_from_string(*v);
+    if (!policy) return r.at(*node, fmt::format("insecure = '{}' is not refuse, unauthenticated or weak-auth", *v));
+    out.insecure = *policy;
+  }
+  if (const toml::node* node = table.get("peers")) {
+    const toml::table* peers = node->as_table();
+    if (peers == nullptr) return r.at(*node, "[policy.peers] must be a table of DOMAIN = \"refuse\" | \"require-auth\"");
+    for (auto&& [key, value] : *peers) {
+      Result<std::string> domain = normalize_domain(key.str());
+      if (!domain) return r.at(value, domain.error().message);
+      Result<std::string> mode = r.string(value, key.str());
+      if (!mode) return mode.error();
+      if (*mode == "refuse") {
+        out.overrides[*domain] = PeerOverride::Refuse;
+      } else if (*mode == "require-auth") {
+        out.overrides[*domain] = PeerOverride::RequireAuth;
+      } else {
+        return r.at(value, fmt::format("peer override '{}' is not \"refuse\" or \"require-auth\"", *mode));
+      }
+    }
+  }
+  return ok_status();
+}
+
+Status read_limits(const Reader& r, const toml::table& table, NodeLimits& out) {
+  if (Status s = r.only_known(table, "limits",
+                              {"handshake_timeout_ms", "idle_timeout_ms", "keepalive_interval_ms", "max_sessions",
+                               "max_frame_size", "message_rate", "message_burst", "rekey_bytes", "rekey_interval_s"});
+      !s) {
+    return s;
+  }
+  using std::chrono::milliseconds;
+  for (auto [key, field] : {std::pair{"handshake_timeout_ms", &out.handshake_timeout},
+                            std::pair{"idle_timeout_ms", &out.idle_timeout},
+                            std::pair{"keepalive_interval_ms", &out.keepalive_interval}}) {
+    if (const toml::node* node = table.get(key)) {
+      auto v = r.integer(*node, key, 1, 86400000);
+      if (!v) return v.error();
+      *field = milliseconds{*v};
+    }
+  }
+  if (const toml::node* node = table.get("max_sessions")) {
+    auto v = r.integer(*node, "max_sessions", 1, 1000000);
+    if (!v) return v.error();
+    out.max_sessions = static_cast<std::size_t>(*v);
+  }
+  if (const toml::node* node = table.get("max_frame_size")) {
+    auto v = r.integer(*node, "max_frame_size", 1024, static_cast<std::int64_t>(kHardMaxFrameSize));
+    if (!v) return v.error();
+    out.max_frame_size = static_cast<std::size_t>(*v);
+  }
+  for (auto [key, field] : {std::pair{"message_rate", &out.message_rate}, std::pair{"message_burst", &out.message_burst}}) {
+    if (const toml::node* node = table.get(key)) {
+      auto v = node->value<double>();
+      if (!v || *v <= 0) return r.at(*node, fmt::format("'{}' must be a positive number", key));
+      *field = *v;
+    }
+  }
+  if (const toml::node* node = table.get("rekey_bytes")) {
+    auto v = r.integer(*node, "rekey_bytes", 4096, std::int64_t{1} << 40);
+    if (!v) return v.error();
+    out.rekey_bytes = static_cast<std::uint64_t>(*v);
+  }
+  if (const toml::node* node = table.get("rekey_interval_s")) {
+    auto v = r.integer(*node, "rekey_interval_s", 1, 86400 * 7);
+    if (!v) return v.error();
+    out.rekey_interval = std::chrono::seconds{*v};
+  }
+  if (Status s = check_node_limits(out); !s) return r.at(table, s.error().message);
+  return ok_status();
+}
+
+Status read_peers(const Reader& r, const toml::array& array, std::vector<StaticPeer>& out) {
+  for (const toml::node& item : array) {
+    const toml::table* table = item.as_table();
+    if (table == nullptr) return r.at(item, "[[peers]] entries must be tables");
+    if (Status s = r.only_known(*table, "peers", {"domain", "address", "port"}); !s) return s;
+    const toml::node* domain = table->get("domain");
+    const toml::node* address = table->get("address");
+    if (domain == nullptr || address == nullptr) return r.at(item, "[[peers]] needs domain and address");
+    Result<std::string> d = r.string(*domain, "domain");
+    if (!d) return d.error();
+    Result<std::string> normalized = normalize_domain(*d);
+    if (!normalized) return r.at(*domain, normalized.error().message);
+    Result<std::string> a = r.string(*address, "address");
+    if (!a) return a.error();
+    StaticPeer peer{*normalized, *a, kDefaultFederationPort};
+    if (const toml::node* port = table->get("port")) {
+      auto p = r.integer(*port, "port", 1, 65535);
+      if (!p) return p.error();
+      peer.port = static_cast<int>(*p);
+    }
+    out.push_back(std::move(peer));
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
@@ -177,7 +332,10 @@ Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
   Reader r(path);
   NodeConfig config;
   config.source = path;
-  if (Status s = r.only_known(root, "", {"resolver", "key_cache", "log"}); !s) return s.error();
+  if (Status s = r.only_known(root, "", {"resolver", "key_cache", "log", "node", "domains", "policy", "limits", "peers"});
+      !s) {
+    return s.error();
+  }
 
   const toml::table* resolver = root["resolver"].as_table();
   if (resolver == nullptr) return r.at_file("missing the [resolver] section");
@@ -187,6 +345,21 @@ Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
   }
   if (const toml::table* log = root["log"].as_table()) {
     if (Status s = read_log(r, *log, config.log_level); !s) return s.error();
+  }
+  if (const toml::table* node = root["node"].as_table()) {
+    if (Status s = read_node(r, *node, config); !s) return s.error();
+  }
+  if (const toml::array* domains = root["domains"].as_array()) {
+    if (Status s = read_domains(r, *domains, config); !s) return s.error();
+  }
+  if (const toml::table* policy = root["policy"].as_table()) {
+    if (Status s = read_policy(r, *policy, config.federation.policy); !s) return s.error();
+  }
+  if (const toml::table* limits = root["limits"].as_table()) {
+    if (Status s = read_limits(r, *limits, config.federation.limits); !s) return s.error();
+  }
+  if (const toml::array* peers = root["peers"].as_array()) {
+    if (Status s = read_peers(r, *peers, config.peers); !s) return s.error();
   }
   return config;
 }

@@ -8,16 +8,31 @@
 #include "common/result.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver_config.h"
+#include "federation/node.h"
 
 namespace keyfed {
 
 inline constexpr const char* kDefaultRootTrustAnchor = "/usr/share/dns/root.key";
+
+inline constexpr int kDefaultFederationPort = 5269;
+
+/// A peer reached at a fixed address instead of through discovery.
+struct StaticPeer {
+  std::string domain;
+  std::string address;
+  int port = kDefaultFederationPort;
+};
 
 struct NodeConfig {
   std::filesystem::path source;  ///< the file it was read from
   ResolverConfig resolver;
   KeyCacheConfig key_cache;
   LogLevel log_level = LogLevel::Info;
+  // Only `keyfed run` needs these ([node], [[domains]], [policy], [limits], [[peers]]).
+  std::string listen_address = "127.0.0.1";
+  int listen_port = kDefaultFederationPort;
+  NodeSettings federation;  ///< domains empty when the file has no [[domains]]
+  std::vector<StaticPeer> peers;
 };
 
 /// Reads and checks the whole file: TOML syntax, known keys only, value
