@@ -18,7 +18,7 @@ namespace keyfed::test {
 std::filesystem::path fedkey(const std::string& name) { return testbed_dir() / "fedkeys" / (name + ".pem"); }
 
 FedNode::FedNode(TestLoop& l, const std::string& d, const std::filesystem::path& key_file,
-                 std::function<void(NodeSettings&)> adjust, ClockFn clock)
+                 std::function<void(NodeSettings&)> adjust, ClockFn clock, int port)
     : loop(l), domain(d) {
   auto r = KeyResolver::create(loop.get(), testbed_resolver_config());
   REQUIRE(r.ok());
@@ -37,7 +37,7 @@ FedNode::FedNode(TestLoop& l, const std::string& d, const std::filesystem::path&
   auto n = Node::create(loop.get(), *cache, std::move(settings), std::move(handlers));
   if (!n) FAIL("node: " << n.error().message);
   node = std::move(n).value();
-  REQUIRE(node->listen("127.0.0.1", 0).ok());
+  REQUIRE(node->listen("127.0.0.1", port).ok());
 }
 
 FedNode::~FedNode() {

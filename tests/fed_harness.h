@@ -21,7 +21,7 @@ std::filesystem::path fedkey(const std::string& name);  // build/testbed/fedkeys
 /// A node and everything it needs; records what its handlers saw.
 struct FedNode {
   FedNode(TestLoop& loop, const std::string& domain, const std::filesystem::path& key_file,
-          std::function<void(NodeSettings&)> adjust = {}, ClockFn clock = steady_clock_fn());
+          std::function<void(NodeSettings&)> adjust = {}, ClockFn clock = steady_clock_fn(), int port = 0);
   ~FedNode();
 
   /// Connects as this node's first domain to `peer` (a node listening on loopback) and waits.

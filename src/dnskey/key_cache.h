@@ -101,6 +101,7 @@ class KeyCache {
   void add_change_listener(ChangeListener listener);
 
   const KeyCacheStats& stats() const { return stats_; }
+  KeyResolver& resolver() { return resolver_; }
   const KeyCacheConfig& config() const { return config_; }
   std::size_t size() const { return entries_.size(); }
 

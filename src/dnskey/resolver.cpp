@@ -23,8 +23,9 @@ struct KeyResolver::Context {
 struct KeyResolver::Query {
   KeyResolver* owner = nullptr;
   QueryId id = 0;
-  std::string domain;
-  Callback callback;
+  std::string name;
+  std::uint16_t type = 0;
+  AnswerCallback callback;
   int async_id = 0;       // libunbound's id while the query is with libunbound, else 0
   std::string failure;    // set when libunbound would not take the query
   UvHandle<uv_timer_t> deadline;
@@ -157,10 +158,18 @@ Status KeyResolver::reload(ResolverConfig config) {
 }
 
 KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback callback) {
+  return query(key_owner_name(domain), LDNS_RR_TYPE_KEY,
+               [domain, callback = std::move(callback)](const ub_result* answer, const std::string& failure) {
+                 callback(answer != nullptr ? classify_answer(domain, *answer) : temp_fail(domain, failure));
+               });
+}
+
+KeyResolver::QueryId KeyResolver::query(const std::string& name, std::uint16_t type, AnswerCallback callback) {
   auto query = std::make_unique<Query>();
   query->owner = this;
   query->id = next_id_++;
-  query->domain = domain;
+  query->name = name;
+  query->type = type;
   query->callback = std::move(callback);
   query->deadline = make_uv_handle<uv_timer_t>();
   uv_timer_init(loop_, query->deadline.get());
@@ -181,15 +190,14 @@ KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback ca
     std::string reason = !q->failure.empty()
         ? q->failure
         : fmt::format("no answer within {} ms", self->config_.query_timeout.count());
-    self->finish(q->id, temp_fail(q->domain, std::move(reason)));
+    self->finish(q->id, nullptr, reason);
   }, timeout, 0);
   return ref.id;
 }
 
 void KeyResolver::submit(Query& query) {
-  std::string owner = key_owner_name(query.domain);
   int async_id = 0;
-  int err = ub_resolve_async(context_->ub.get(), owner.c_str(), LDNS_RR_TYPE_KEY, LDNS_RR_CLASS_IN,
+  int err = ub_resolve_async(context_->ub.get(), query.name.c_str(), query.type, LDNS_RR_CLASS_IN,
                              &query, &KeyResolver::on_unbound_result, &async_id);
   if (err != 0) {
     query.failure = fmt::format("libunbound could not start the query: {}", ub_strerror(err));
@@ -203,10 +211,11 @@ void KeyResolver::on_unbound_result(void* data, int err, ub_result* raw) {
   UbResultPtr result(raw);
   auto* query = static_cast<Query*>(data);
   query->async_id = 0;
-  DomainKeys answer = err != 0 || !result
-      ? temp_fail(query->domain, fmt::format("libunbound: {}", ub_strerror(err)))
-      : classify_answer(query->domain, *result);
-  query->owner->finish(query->id, std::move(answer));
+  if (err != 0 || !result) {
+    query->owner->finish(query->id, nullptr, fmt::format("libunbound: {}", ub_strerror(err)));
+  } else {
+    query->owner->finish(query->id, result.get(), "");
+  }
 }
 
 void KeyResolver::cancel(QueryId id) {
@@ -216,12 +225,12 @@ void KeyResolver::cancel(QueryId id) {
   queries_.erase(it);
 }
 
-void KeyResolver::finish(QueryId id, DomainKeys answer) {
+void KeyResolver::finish(QueryId id, const ub_result* answer, const std::string& failure) {
   auto it = queries_.find(id);
   if (it == queries_.end()) return;
-  Callback callback = std::move(it->second->callback);
+  AnswerCallback callback = std::move(it->second->callback);
   queries_.erase(it);  // before the callback, which may resolve again
-  callback(std::move(answer));
+  callback(answer, failure);
 }
 
 }  // namespace keyfed

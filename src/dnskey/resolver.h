@@ -42,6 +42,13 @@ class KeyResolver {
   /// The callback runs exactly once, unless the query is cancelled first.
   QueryId resolve(const std::string& domain, Callback callback);
 
+  /// Receives libunbound's answer (valid only during the call), or nullptr
+  /// and the reason there is none (deadline, libunbound error).
+  using AnswerCallback = std::function<void(const struct ub_result* answer, const std::string& failure)>;
+  /// Any query (discovery's SRV, A and AAAA), with the same deadline and
+  /// callback guarantees as resolve(). `name` is absolute ("x.test.").
+  QueryId query(const std::string& name, std::uint16_t type, AnswerCallback callback);
+
   /// Forgets a pending query; its callback will not run. Unknown ids are ignored.
   void cancel(QueryId id);
 
@@ -61,7 +68,7 @@ class KeyResolver {
 
   KeyResolver(uv_loop_t* loop, ResolverConfig config, std::unique_ptr<Context> context);
   void submit(Query& query);
-  void finish(QueryId id, DomainKeys answer);
+  void finish(QueryId id, const struct ub_result* answer, const std::string& failure);
   static void on_unbound_result(void* data, int err, struct ub_result* result);
 
   uv_loop_t* loop_;

@@ -45,6 +45,9 @@ std::string utc_now() {
 
 Status check_node_limits(const NodeLimits& l) {
   using std::chrono::milliseconds;
+  if (l.connect_timeout < milliseconds(50) || l.connect_timeout > milliseconds(600000)) {
+    return make_error("connect_timeout_ms must be within 50..600000");
+  }
   if (l.handshake_timeout < milliseconds(100) || l.handshake_timeout > milliseconds(600000)) {
     return make_error("handshake_timeout_ms must be within 100..600000");
   }
@@ -136,6 +139,8 @@ Status Node::install(NodeSettings settings) {
   SSL_CTX_use_certificate(server.get(), first.certificate.get());
   SSL_CTX_use_PrivateKey(server.get(), first.key.get());
 
+  if (settings.default_port < 1 || settings.default_port > 65535) return make_error("default_port must be 1..65535");
+  discovery_ = std::make_unique<Discovery>(cache_.resolver(), settings.default_port);
   identities_ = std::move(identities);
   server_ctx_ = std::move(server);
   client_ctx_ = std::move(client);
@@ -242,6 +247,35 @@ void Node::connect(const std::string& local_domain, const std::string& peer_doma
     if (pending == nullptr || pending->closing()) return;
     pending->connect_to(address, port, entry->answer, std::move(*shared_callback));
   });
+}
+
+void Node::connect_domain(const std::string& local_domain, const std::string& peer_domain, ConnectCallback callback) {
+  Result<std::string> peer = normalize_domain(peer_domain);
+  if (!peer) return callback(peer.error());
+  std::weak_ptr<bool> alive = alive_;
+  discovery_->discover(*peer, [alive, this, local_domain, peer = *peer, callback](Result<DiscoveredServers> found) {
+    if (alive.expired()) return;
+    if (!found) return callback(make_error("discovery: {}", found.error().message));
+    auto servers = std::make_shared<const std::vector<ServerAddress>>(found->servers);
+    try_servers(local_domain, peer, servers, 0, "", callback);
+  });
+}
+
+void Node::try_servers(const std::string& local_domain, const std::string& peer_domain,
+                       std::shared_ptr<const std::vector<ServerAddress>> servers, std::size_t next,
+                       std::string failures, ConnectCallback callback) {
+  if (next == servers->size()) {
+    return callback(make_error("no server of {} gave a session: {}", peer_domain, failures));
+  }
+  const ServerAddress& server = (*servers)[next];
+  std::weak_ptr<bool> alive = alive_;
+  connect(local_domain, peer_domain, server.address, server.port,
+          [=, this](Result<SessionInfo> result) mutable {
+            if (result || alive.expired()) return callback(std::move(result));
+            failures += fmt::format("{}{} ({}:{}): {}", failures.empty() ? "" : "; ", server.host, server.address,
+                                    server.port, result.error().message);
+            try_servers(local_domain, peer_domain, servers, next + 1, std::move(failures), std::move(callback));
+          });
 }
 
 Status Node::send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback) {

@@ -19,6 +19,7 @@
 #include "common/uv_handle.h"
 #include "dnskey/key_cache.h"
 #include "federation/cpim.h"
+#include "federation/discovery.h"
 #include "federation/frames.h"
 #include "federation/identity.h"
 #include "federation/policy.h"
@@ -27,7 +28,8 @@ namespace keyfed {
 
 /// docs/CONFIG.md, "[limits]".
 struct NodeLimits {
-  std::chrono::milliseconds handshake_timeout{10000};  ///< TCP connect + TLS + claim + key lookup
+  std::chrono::milliseconds connect_timeout{5000};     ///< per address tried
+  std::chrono::milliseconds handshake_timeout{10000};  ///< TLS + claim + key lookup, after TCP connect
   std::chrono::milliseconds idle_timeout{300000};      ///< nothing received for this long: close
   std::chrono::milliseconds keepalive_interval{60000}; ///< PING when nothing was sent for this long
   std::size_t max_sessions = 1000;
@@ -51,6 +53,7 @@ struct NodeSettings {
   PolicyConfig policy;
   NodeLimits limits;
   std::chrono::milliseconds revalidate_interval{10000};  ///< re-check keys of live peers
+  int default_port = 5269;  ///< discovery: port when a domain has no SRV record
 };
 
 /// What is known about a session, for callbacks, logs and message metadata.
@@ -105,6 +108,11 @@ class Node {
   void connect(const std::string& local_domain, const std::string& peer_domain, const std::string& address,
                int port, ConnectCallback callback);
 
+  /// Opens a session to `peer_domain` wherever discovery finds its servers
+  /// (SRV, else A/AAAA; docs/PROTOCOL.md §8), trying them in order. The
+  /// server is authenticated against the domain's keys, whatever its host.
+  void connect_domain(const std::string& local_domain, const std::string& peer_domain, ConnectCallback callback);
+
   Status send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback);
   Status subscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity);
   Status unsubscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity);
@@ -143,6 +151,9 @@ class Node {
   bool take_message_token(const std::string& peer_domain);
   /// Gives up ownership of a closing session, which frees itself once its handles are closed.
   void release_session(std::uint64_t id);
+  void try_servers(const std::string& local_domain, const std::string& peer_domain,
+                   std::shared_ptr<const std::vector<ServerAddress>> servers, std::size_t next,
+                   std::string failures, ConnectCallback callback);
   static void on_connection(uv_stream_t* server, int status);
 
   uv_loop_t* loop_;
@@ -150,6 +161,7 @@ class Node {
   Handlers handlers_;
   NodeSettings settings_;
   std::map<std::string, DomainIdentity> identities_;
+  std::unique_ptr<Discovery> discovery_;
   SslCtxPtr server_ctx_;
   SslCtxPtr client_ctx_;
   UvHandle<uv_tcp_t> listener_;

@@ -88,7 +88,7 @@ void PeerSession::connect_to(const std::string& address, int port, DomainKeys pe
   }
   info.peer_address = addr.ss_family == AF_INET6 ? fmt::format("[{}]:{}", address, port)
                                                  : fmt::format("{}:{}", address, port);
-  arm_timer(node_.settings_.limits.handshake_timeout);
+  arm_timer(node_.settings_.limits.connect_timeout);
   connect_req_.data = this;
   int err = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<sockaddr*>(&addr), [](uv_connect_t* req, int status) {
     if (status == UV_ECANCELED) return;  // closed before connecting; the session may be gone
@@ -98,6 +98,7 @@ void PeerSession::connect_to(const std::string& address, int port, DomainKeys pe
       self->fail_connect(fmt::format("connect to {}: {}", self->info.peer_address, uv_strerror(status)));
       return;
     }
+    self->arm_timer(self->node_.settings_.limits.handshake_timeout);
     const DomainIdentity* identity = self->node_.identity(self->info.local_domain);
     self->start_tls(self->node_.client_ctx_.get());
     SSL_set_connect_state(self->ssl_.get());
@@ -434,7 +435,9 @@ void PeerSession::on_timer() {
   if (closing()) return;
   const NodeLimits& limits = node_.settings_.limits;
   if (state_ != State::Established) {
-    if (info.direction == Direction::Outbound) {
+    if (state_ == State::Connecting) {
+      fail_connect(fmt::format("connect to {}: no answer within {} ms", info.peer_address, limits.connect_timeout.count()));
+    } else if (info.direction == Direction::Outbound) {
       fail_connect(fmt::format("no session with {} within {} ms", info.peer_domain, limits.handshake_timeout.count()));
     } else {
       close(fmt::format("handshake not complete within {} ms", limits.handshake_timeout.count()), ErrorCode::Timeout);

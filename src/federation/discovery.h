@@ -1,0 +1,66 @@
+// Finding a peer domain's federation servers (docs/PROTOCOL.md §8): SRV
+// `_impp._tcp.<domain>` ordered by RFC 2782 priority and weight, each
+// target's A and AAAA; without SRV, the domain's own A and AAAA on the
+// default port. Everything through the node's validating resolver.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "dnskey/resolver.h"
+
+namespace keyfed {
+
+struct SrvRecord {
+  std::uint16_t priority = 0;
+  std::uint16_t weight = 0;
+  std::uint16_t port = 0;
+  std::string target;  ///< without trailing dot; "." (root) means "no service"
+};
+
+/// RFC 2782 order: ascending priority; within one priority, repeated
+/// weighted random choice (weight 0 records first in the running sum, so
+/// they are chosen rarely but possibly).
+std::vector<SrvRecord> order_srv_records(std::vector<SrvRecord> records, std::mt19937& random);
+
+struct ServerAddress {
+  std::string host;     ///< SRV target, or the domain itself
+  std::string address;  ///< IPv4 or IPv6 literal
+  int port = 0;
+};
+
+struct DiscoveredServers {
+  std::vector<ServerAddress> servers;  ///< in the order to try them
+  bool via_srv = false;
+  bool secure = false;  ///< every answer used was DNSSEC-validated
+};
+
+class Discovery {
+ public:
+  using Callback = std::function<void(Result<DiscoveredServers>)>;
+  /// The resolver must outlive this object.
+  Discovery(KeyResolver& resolver, int default_port);
+  ~Discovery();
+  Discovery(const Discovery&) = delete;
+  Discovery& operator=(const Discovery&) = delete;
+
+  /// Finds the servers of `domain` (normalized). A bogus answer is an error,
+  /// never a reason to fall back (no downgrade). The callback runs on the loop.
+  void discover(const std::string& domain, Callback callback);
+
+ private:
+  struct Job;
+  void on_srv(const std::shared_ptr<Job>& job, const struct ub_result* answer, const std::string& failure);
+  void resolve_hosts(const std::shared_ptr<Job>& job);
+
+  KeyResolver& resolver_;
+  int default_port_;
+  std::mt19937 random_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace keyfed
