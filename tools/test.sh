@@ -19,3 +19,4 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 echo "== bench smoke run (figures are not checked)"
 "$src/build/bench/bench_key_lookup" "$src/build/testbed" --quick
+"$src/build/bench/bench_federation" "$src/build/testbed" --quick

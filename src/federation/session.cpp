@@ -62,6 +62,7 @@ Status PeerSession::accept_from(uv_stream_t* server) {
     return make_error("accept: {}", uv_strerror(err));
   }
   info.peer_address = peer_name(&tcp_);
+  uv_tcp_nodelay(&tcp_, 1);  // small frames: Nagle plus delayed ACKs would add ~40 ms per round trip
   arm_timer(node_.settings_.limits.handshake_timeout);
   start_tls(node_.server_ctx_.get());
   SSL_set_accept_state(ssl_.get());
@@ -99,6 +100,7 @@ void PeerSession::connect_to(const std::string& address, int port, DomainKeys pe
       return;
     }
     self->arm_timer(self->node_.settings_.limits.handshake_timeout);
+    uv_tcp_nodelay(&self->tcp_, 1);
     const DomainIdentity* identity = self->node_.identity(self->info.local_domain);
     self->start_tls(self->node_.client_ctx_.get());
     SSL_set_connect_state(self->ssl_.get());
