@@ -10,8 +10,11 @@
 #include <regex>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
+#include "cli/cli.h"
 #include "fed_harness.h"
+#include "federation/identity.h"
 
 using namespace keyfed;
 using namespace keyfed::test;
@@ -83,7 +86,8 @@ class Child {
   std::vector<std::string> lines_;
 };
 
-std::filesystem::path write_node_config(const TempDir& dir, const std::filesystem::path& key) {
+std::filesystem::path write_node_config(const TempDir& dir, const std::filesystem::path& key,
+                                        const std::string& domain = "alpha.test") {
   std::ifstream base(testbed_dir() / "keyfed.toml");
   std::stringstream text;
   text << base.rdbuf();
@@ -91,9 +95,9 @@ std::filesystem::path write_node_config(const TempDir& dir, const std::filesyste
   // Paths in keyfed.toml are relative to the testbed directory.
   config = std::regex_replace(config, std::regex("\"([a-z][a-z.-]*\\.(ds|signed|zone))\""),
                               "\"" + testbed_dir().string() + "/$1\"");
-  config += "\n[node]\nlisten = \"127.0.0.1\"\nport = 0\n\n[[domains]]\nname = \"alpha.test\"\nkeys = [\"" +
+  config += "\n[node]\nlisten = \"127.0.0.1\"\nport = 0\n\n[[domains]]\nname = \"" + domain + "\"\nkeys = [\"" +
             key.string() + "\"]\n";
-  auto path = dir.path() / "node.toml";
+  auto path = dir.path() / ("node-" + domain + "-" + key.stem().string() + ".toml");
   std::ofstream(path) << config;
   return path;
 }
@@ -145,4 +149,58 @@ TEST_CASE("keyfed run refuses a key file others can read, and bad configs, with 
     REQUIRE(child.wait_for(std::regex("error")).size() > 0);
     CHECK_THAT(child.lines().back(), Catch::Contains("no [[domains]]"));
   }
+}
+
+TEST_CASE("keyfed send delivers one message, and reports refusals with distinct statuses", "[run][cli]") {
+  TempDir dir;
+  Child alpha({"keyfed", "run", "--config", write_node_config(dir, fedkey("alpha-1")).string()});
+  auto listening = alpha.wait_for(std::regex("listening on 127\\.0\\.0\\.1:(\\d+)"));
+  REQUIRE_FALSE(listening.empty());
+  std::string port = listening[1];
+  auto beta = write_node_config(dir, fedkey("beta-new"), "beta.test");
+  auto impostor_key = dir.path() / "impostor.pem";
+  REQUIRE(generate_key_file(impostor_key, kAlgorithmEd25519).ok());
+  auto impostor = write_node_config(dir, impostor_key, "beta.test");
+
+  auto message = [&](const std::string& name, const std::string& text) {
+    auto path = dir.path() / name;
+    std::ofstream(path) << text;
+    return path.string();
+  };
+  std::string hello = message("hello.cpim", cpim_message("im:bob@beta.test", "im:alice@alpha.test", "hello"));
+  std::string stray = message("stray.cpim",
+                              "From: <im:bob@beta.test>\r\nTo: <im:alice@alpha.test>\r\nTo: <im:dave@delta.test>\r\n\r\nhi");
+  std::string foreign = message("foreign.cpim", cpim_message("im:carol@gamma.test", "im:alice@alpha.test", "hi"));
+
+  auto send = [&](const std::filesystem::path& config, const std::string& file) {
+    std::vector<std::string> args = {"keyfed", "send", "--config", config.string(), "--address", "127.0.0.1",
+                                     "--port", port, "--json", file};
+    std::vector<const char*> argv;
+    for (auto& a : args) argv.push_back(a.c_str());
+    std::ostringstream out, err;
+    int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
+    return std::make_tuple(status, out.str(), err.str());
+  };
+
+  auto [ok, ok_out, ok_err] = send(beta, hello);
+  INFO(ok_err);
+  CHECK(ok == static_cast<int>(ExitStatus::Ok));
+  auto result = nlohmann::json::parse(ok_out);
+  CHECK(result["delivered"] == true);
+  CHECK(result["decision"] == "authenticated");
+
+  auto [nacked, nack_out, nack_err] = send(beta, stray);
+  CHECK(nacked == static_cast<int>(ExitStatus::Refused));
+  CHECK_THAT(nack_err, Catch::Contains("NACK 2"));
+
+  auto [refused, refused_out, refused_err] = send(impostor, hello);
+  CHECK(refused == static_cast<int>(ExitStatus::NoSession));
+  CHECK_THAT(refused_err, Catch::Contains("not one of the 2 key(s) beta.test publishes"));
+
+  auto [bad, bad_out, bad_err] = send(beta, foreign);
+  CHECK(bad == static_cast<int>(ExitStatus::BadInput));
+  CHECK_THAT(bad_err, Catch::Contains("does not host the sender's domain gamma.test"));
+
+  alpha.signal(SIGTERM);
+  CHECK(alpha.wait_exit() == 0);
 }

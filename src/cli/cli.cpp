@@ -4,6 +4,7 @@
 
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
+#include "cli/send_command.h"
 
 namespace keyfed {
 
@@ -11,12 +12,13 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App app{"keyfed: DNSSEC-keyed inter-domain federation node", "keyfed"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
-  app.footer(exit_status_help());
 
   LookupOptions lookup_options;
   CLI::App* lookup = add_lookup_command(app, lookup_options);
   RunOptions run_options;
   CLI::App* run = add_run_command(app, run_options);
+  SendOptions send_options;
+  CLI::App* send = add_send_command(app, send_options);
 
   try {
     app.parse(argc, argv);
@@ -37,6 +39,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
 
   if (lookup->parsed()) return static_cast<int>(run_lookup(lookup_options, out, err));
   if (run->parsed()) return static_cast<int>(run_node(run_options, err));
+  if (send->parsed()) return static_cast<int>(run_send(send_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 

@@ -7,7 +7,7 @@
 namespace keyfed {
 
 /// Exit statuses are a contract with scripts: never renumber them.
-/// With several domains, the highest status among them is returned.
+/// lookup: with several domains, the highest status among them is returned.
 enum class ExitStatus : int {
   Ok = 0,             ///< every domain resolved to keys or no-keys
   InternalError = 1,  ///< a bug or resource failure inside keyfed
@@ -16,6 +16,8 @@ enum class ExitStatus : int {
   Insecure = 4,       ///< at least one domain: insecure
   Unusable = 5,       ///< at least one domain: unusable
   Bogus = 6,          ///< at least one domain: bogus
+  Refused = 7,        ///< send: the receiver NACKed the message
+  NoSession = 8,      ///< send: discovery, connection or authentication failed
 };
 
 /// Runs `keyfed ARGS...`; returns the process exit status.

@@ -1,0 +1,130 @@
+#include "cli/send_command.h"
+
+#include <fstream>
+#include <iterator>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+#include <uv.h>
+
+#include "common/log.h"
+#include "config/node_config.h"
+#include "dnskey/key_cache.h"
+#include "dnskey/resolver.h"
+#include "federation/cpim.h"
+#include "federation/node.h"
+
+namespace keyfed {
+
+CLI::App* add_send_command(CLI::App& app, SendOptions& options) {
+  CLI::App* cmd = app.add_subcommand(
+      "send", "Send one message/cpim file to the domain of its To header, as the domain of its From header");
+  cmd->add_option("message", options.message_file, "File holding the message/cpim (RFC 3862) bytes")->required();
+  cmd->add_option("--config", options.config, "Node configuration file: keys of the sending domain")->required();
+  cmd->add_option("--address", options.address, "Server address (default: [[peers]] entry, else discovery)");
+  cmd->add_option("--port", options.port, "Server port (with --address; default 5269)")->check(CLI::Range(1, 65535));
+  cmd->add_flag("--json", options.json, "Print the result as JSON");
+  cmd->footer("Exit status: 0 delivered (ACK); 2 bad input; 7 refused by the receiver (NACK);\n"
+              "8 no session (discovery, connection or authentication failed).");
+  return cmd;
+}
+
+ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream& err) {
+  auto fail = [&](ExitStatus status, const std::string& message) {
+    err << "keyfed: error: " << message << "\n";
+    return status;
+  };
+  Result<NodeConfig> config = load_node_config(options.config);
+  if (!config) return fail(ExitStatus::BadInput, config.error().message);
+  std::ifstream file(options.message_file, std::ios::binary);
+  if (!file) return fail(ExitStatus::BadInput, options.message_file + ": cannot read the message");
+  std::vector<std::uint8_t> cpim{std::istreambuf_iterator<char>(file), {}};
+  Result<CpimRouting> routing = parse_cpim_routing(cpim);
+  if (!routing) return fail(ExitStatus::BadInput, options.message_file + ": " + routing.error().message);
+  const std::string& from = routing->from.domain;
+  const std::string& to = routing->to.front().domain;
+  bool hosted = false;
+  for (const HostedDomain& d : config->federation.domains) hosted |= d.domain == from;
+  if (!hosted) return fail(ExitStatus::BadInput, fmt::format("{} does not host the sender's domain {}", options.config, from));
+  // Only the sending domain's identity is needed.
+  std::erase_if(config->federation.domains, [&](const HostedDomain& d) { return d.domain != from; });
+  config->federation.revalidate_interval = std::chrono::milliseconds(0);
+  set_log_level(LogLevel::Warning);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ExitStatus status = ExitStatus::Ok;
+  std::string detail;
+  std::optional<SessionInfo> session_info;
+  {
+    auto resolver = KeyResolver::create(&loop, config->resolver);
+    if (!resolver) return fail(ExitStatus::BadInput, resolver.error().message);
+    KeyCache cache(**resolver, config->key_cache);
+    Node::Handlers handlers;
+    handlers.audit = [](const std::string& line) { log_line(LogLevel::Info, "audit " + line); };
+    auto node = Node::create(&loop, cache, config->federation, handlers);
+    if (!node) {
+      status = ExitStatus::BadInput;
+      detail = node.error().message;
+    } else {
+      bool done = false;
+      auto on_session = [&](Result<SessionInfo> session) {
+        if (!session) {
+          status = ExitStatus::NoSession;
+          detail = session.error().message;
+          done = true;
+          return;
+        }
+        session_info = *session;
+        Status sent = (*node)->send_message(session->id, cpim, [&](Status ack) {
+          if (!ack) {
+            status = ExitStatus::Refused;
+            detail = ack.error().message;
+          }
+          done = true;
+        });
+        if (!sent) {
+          status = ExitStatus::NoSession;
+          detail = sent.error().message;
+          done = true;
+        }
+      };
+      std::string address = options.address;
+      int port = options.port != 0 ? options.port : kDefaultFederationPort;
+      for (const StaticPeer& peer : config->peers) {
+        if (address.empty() && peer.domain == to) {
+          address = peer.address;
+          port = peer.port;
+        }
+      }
+      if (address.empty()) {
+        (*node)->connect_domain(from, to, on_session);
+      } else {
+        (*node)->connect(from, to, address, port, on_session);
+      }
+      while (!done) uv_run(&loop, UV_RUN_ONCE);
+    }
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+
+  if (options.json) {
+    nlohmann::json result = {{"from", routing->from.uri},
+                             {"to", routing->to.front().uri},
+                             {"delivered", status == ExitStatus::Ok},
+                             {"bytes", cpim.size()}};
+    if (session_info) {
+      result["peer_address"] = session_info->peer_address;
+      result["decision"] = std::string(to_string(session_info->decision));
+    }
+    if (!detail.empty()) result["error"] = detail;
+    out << result.dump() << "\n";
+  } else if (status == ExitStatus::Ok) {
+    out << fmt::format("delivered: {} -> {} via {} ({})\n", routing->from.uri, routing->to.front().uri,
+                       session_info->peer_address, to_string(session_info->decision));
+  }
+  if (status != ExitStatus::Ok) err << "keyfed: error: " << detail << "\n";
+  return status;
+}
+
+}  // namespace keyfed
