@@ -382,3 +382,42 @@ TEST_CASE("limits: an idle session is closed, and long sessions re-key", "[feder
   loop.run_until([&] { return alpha.node->sessions().empty(); });
   CHECK_THAT(alpha.closed.back().second, Catch::Contains("idle for 300 ms"));
 }
+
+TEST_CASE("one node hosts several domains and presents the key of the one asked for", "[federation]") {
+  TestLoop loop;
+  FedNode shared(loop, "alpha.test", fedkey("alpha-1"), [](NodeSettings& s) {
+    s.domains.push_back({"gamma.test", {fedkey("gamma-1")}});
+  });
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  auto to_gamma = beta.connect_to(shared, "gamma.test");
+  REQUIRE(to_gamma.ok());
+  CHECK(to_gamma->peer_key->algorithm == kAlgorithmEcdsaP256);  // gamma.test's key, not alpha.test's
+  auto to_alpha = beta.connect_to(shared, "alpha.test");
+  REQUIRE(to_alpha.ok());
+  CHECK(to_alpha->peer_key->algorithm == kAlgorithmEd25519);
+  // A message to a user of either hosted domain is accepted on either session.
+  CHECK(beta.send(to_gamma->id, cpim_message("im:bob@beta.test", "im:gina@gamma.test", "hi")).ok());
+  CHECK(shared.delivered.back().session.local_domain == "gamma.test");
+  // A domain the node does not host is refused in the TLS handshake.
+  auto elsewhere = beta.connect_to(shared, "nokey.test");
+  REQUIRE_FALSE(elsewhere.ok());
+  CHECK_THAT(elsewhere.error().message, Catch::Contains("TLS handshake failed"));
+}
+
+TEST_CASE("a node holding its next key checks it at start", "[federation][rollover]") {
+  TempDir dir;
+  TestLoop loop;
+  auto resolver = KeyResolver::create(loop.get(), testbed_resolver_config());
+  REQUIRE(resolver.ok());
+  KeyCache cache(**resolver, {});
+  auto loose = dir.path() / "next.pem";
+  std::filesystem::copy_file(fedkey("beta-new"), loose);
+  std::filesystem::permissions(loose, std::filesystem::perms::others_read, std::filesystem::perm_options::add);
+  NodeSettings settings;
+  settings.domains = {{"beta.test", {fedkey("beta-old"), loose}}};
+  auto node = Node::create(loop.get(), cache, settings, {});
+  REQUIRE_FALSE(node.ok());
+  CHECK_THAT(node.error().message, Catch::Contains("next.pem: key file is accessible by group or others"));
+  settings.domains = {{"beta.test", {fedkey("beta-old"), fedkey("beta-new")}}};
+  CHECK(Node::create(loop.get(), cache, settings, {}).ok());
+}

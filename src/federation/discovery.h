@@ -51,6 +51,8 @@ class Discovery {
   /// Finds the servers of `domain` (normalized). A bogus answer is an error,
   /// never a reason to fall back (no downgrade). The callback runs on the loop.
   void discover(const std::string& domain, Callback callback);
+  /// For discoveries started from now on.
+  void set_default_port(int port) { default_port_ = port; }
 
  private:
   struct Job;

@@ -95,9 +95,16 @@ Status Node::install(NodeSettings settings) {
   std::map<std::string, DomainIdentity> identities;
   for (const HostedDomain& hosted : settings.domains) {
     if (hosted.key_files.empty()) return make_error("domain {} has no key file", hosted.domain);
-    Result<DomainIdentity> identity = load_domain_identity(hosted.domain, hosted.key_files.front());
-    if (!identity) return identity.error();
-    identities.emplace(hosted.domain, std::move(identity).value());
+    // Every listed key is loaded, so the next key of a rollover is known good
+    // before the switch (docs/KEYS.md, "Rolling and revoking keys"); the first
+    // one is presented.
+    for (std::size_t i = hosted.key_files.size(); i-- > 0;) {
+      Result<DomainIdentity> identity = load_domain_identity(hosted.domain, hosted.key_files[i]);
+      if (!identity) return identity.error();
+      log_at(LogLevel::Info, "{}: key {} ({}): {}", hosted.domain, identity->public_key.key_tag,
+             i == 0 ? "presented" : "held for rollover", key_record_text(hosted.domain, identity->public_key, 300));
+      if (i == 0) identities.emplace(hosted.domain, std::move(identity).value());
+    }
   }
 
   SslCtxPtr server(SSL_CTX_new(TLS_server_method()));
@@ -140,7 +147,13 @@ Status Node::install(NodeSettings settings) {
   SSL_CTX_use_PrivateKey(server.get(), first.key.get());
 
   if (settings.default_port < 1 || settings.default_port > 65535) return make_error("default_port must be 1..65535");
-  discovery_ = std::make_unique<Discovery>(cache_.resolver(), settings.default_port);
+  // Nothing is replaced before this point, so a failed reload changes nothing.
+  // Discovery keeps its jobs across reloads; only its default port changes.
+  if (!discovery_) {
+    discovery_ = std::make_unique<Discovery>(cache_.resolver(), settings.default_port);
+  } else {
+    discovery_->set_default_port(settings.default_port);
+  }
   identities_ = std::move(identities);
   server_ctx_ = std::move(server);
   client_ctx_ = std::move(client);
