@@ -136,6 +136,9 @@ Status Node::install(NodeSettings settings) {
       *alert = SSL_AD_UNRECOGNIZED_NAME;
       return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
+    // OpenSSL keeps one certificate per key type: drop the default one, or an
+    // Ed25519 default could be served in place of a P-256 domain key.
+    SSL_certs_clear(ssl);
     SSL_use_certificate(ssl, identity->certificate.get());
     SSL_use_PrivateKey(ssl, identity->key.get());
     return SSL_TLSEXT_ERR_OK;
