@@ -22,10 +22,13 @@
 #include "config/node_config.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver.h"
+#include "report.h"
 #include "federation/identity.h"
 #include "federation/node.h"
 
 using namespace keyfed;
+using bench::Figure;
+using bench::ns_per_op;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -35,9 +38,6 @@ namespace {
   std::exit(1);
 }
 
-double ns_per_op(Clock::duration d, long ops) {
-  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) / ops;
-}
 
 // ---- bare OpenSSL baseline -------------------------------------------------
 
@@ -127,26 +127,14 @@ SessionInfo connect_once(uv_loop_t* loop, Side& from, Side& to, const std::strin
   return **result;
 }
 
-struct Figure {
-  std::string name;
-  double keyfed_ns, baseline_ns;
-  long iterations;
-};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_federation TESTBED_DIR [--quick] [--json]\n");
-    return 2;
-  }
-  bool quick = false, json = false;
-  for (int i = 2; i < argc; ++i) {
-    quick |= std::strcmp(argv[i], "--quick") == 0;
-    json |= std::strcmp(argv[i], "--json") == 0;
-  }
+  const bench::Options options = bench::parse_options(argc, argv, "bench_federation");
+  const bool quick = options.quick;
   set_log_level(LogLevel::Error);
-  std::filesystem::path tb = argv[1];
+  std::filesystem::path tb = options.testbed;
   auto base = load_node_config(tb / "keyfed.toml");
   if (!base) die(base.error().message);
   const long handshakes = quick ? 20 : 500;
@@ -206,22 +194,6 @@ int main(int argc, char** argv) {
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
 
-  if (json) {
-    std::printf("[\n");
-    for (std::size_t i = 0; i < figures.size(); ++i) {
-      const Figure& f = figures[i];
-      std::printf("  {\"name\": \"%s\", \"keyfed_ns\": %.1f, \"baseline_ns\": %.1f, \"ratio\": %.4g, \"iterations\": %ld}%s\n",
-                  f.name.c_str(), f.keyfed_ns, f.baseline_ns, f.keyfed_ns / f.baseline_ns, f.iterations,
-                  i + 1 < figures.size() ? "," : "");
-    }
-    std::printf("]\n");
-  } else {
-    std::printf("%-26s %14s %16s %8s %12s\n", "benchmark", "keyfed ns/op", "openssl ns/op", "ratio", "keyfed op/s");
-    for (const Figure& f : figures) {
-      std::printf("%-26s %14.1f %16.1f %8.4g %12.0f\n", f.name.c_str(), f.keyfed_ns, f.baseline_ns,
-                  f.keyfed_ns / f.baseline_ns, 1e9 / f.keyfed_ns);
-    }
-    std::printf("ratio = keyfed / bare OpenSSL in this run (same keys, TLS 1.3, both certificates)\n");
-  }
+  bench::report(figures, options.json, "bare OpenSSL (same keys, TLS 1.3, both certificates)");
   return 0;
 }

@@ -24,8 +24,11 @@
 #include "config/node_config.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver.h"
+#include "report.h"
 
 using namespace keyfed;
+using bench::Figure;
+using bench::ns_per_op;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -33,9 +36,6 @@ namespace {
 const char* kDomain = "beta.test";
 const char* kOwner = "_impp._tcp.beta.test.";
 
-double ns_per_op(Clock::duration d, long ops) {
-  return static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) / ops;
-}
 
 // The baseline's own libunbound configuration: the same zones and anchor,
 // written the way a libunbound user would.
@@ -95,26 +95,14 @@ void keyfed_lookup(uv_loop_t* loop, KeyCache& cache) {
   while (!done) uv_run(loop, UV_RUN_ONCE);
 }
 
-struct Figure {
-  std::string name;
-  double keyfed_ns, baseline_ns;
-  long iterations;
-};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_key_lookup TESTBED_DIR [--quick] [--json]\n");
-    return 2;
-  }
-  bool quick = false, json = false;
-  for (int i = 2; i < argc; ++i) {
-    quick |= std::strcmp(argv[i], "--quick") == 0;
-    json |= std::strcmp(argv[i], "--json") == 0;
-  }
+  const bench::Options options = bench::parse_options(argc, argv, "bench_key_lookup");
+  const bool quick = options.quick;
   set_log_level(LogLevel::Error);
-  auto node = load_node_config(std::filesystem::path(argv[1]) / "keyfed.toml");
+  auto node = load_node_config(std::filesystem::path(options.testbed) / "keyfed.toml");
   if (!node) {
     std::fprintf(stderr, "bench: %s\n", node.error().message.c_str());
     return 2;
@@ -178,22 +166,6 @@ int main(int argc, char** argv) {
   uv_loop_close(&loop);
   unlink(bare_conf.c_str());
 
-  if (json) {
-    std::printf("[\n");
-    for (std::size_t i = 0; i < figures.size(); ++i) {
-      const Figure& f = figures[i];
-      std::printf("  {\"name\": \"%s\", \"keyfed_ns\": %.1f, \"baseline_ns\": %.1f, \"ratio\": %.4g, \"iterations\": %ld}%s\n",
-                  f.name.c_str(), f.keyfed_ns, f.baseline_ns, f.keyfed_ns / f.baseline_ns, f.iterations,
-                  i + 1 < figures.size() ? "," : "");
-    }
-    std::printf("]\n");
-  } else {
-    std::printf("%-24s %14s %18s %8s\n", "benchmark", "keyfed ns/op", "libunbound ns/op", "ratio");
-    for (const Figure& f : figures) {
-      std::printf("%-24s %14.1f %18.1f %8.4g\n", f.name.c_str(), f.keyfed_ns, f.baseline_ns,
-                  f.keyfed_ns / f.baseline_ns);
-    }
-    std::printf("ratio = keyfed / bare libunbound in this run; below 1 is faster than the baseline\n");
-  }
+  bench::report(figures, options.json, "bare libunbound");
   return 0;
 }

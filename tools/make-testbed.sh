@@ -98,7 +98,7 @@ while read -r stem origin mode; do
   esac
   zones+=("$stem.zone.signed")
   if [ "$mode" = tamper ]; then
-    # Swap the published key for another one after signing: the RRSIG no longer matches.
+    # Swap the published key for another one after signing: its signature no longer matches.
     old=$(awk '$4 == "KEY" { print $8; exit }' "$out/$stem.zone.signed")
     [ -n "$old" ] || die "$tpl: tamper mode needs a KEY record"
     new=$(fed_pubkey ED25519 "$origin-substitute")

@@ -294,31 +294,35 @@ void Node::try_servers(const std::string& local_domain, const std::string& peer_
           });
 }
 
-Status Node::send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback) {
+Result<PeerSession*> Node::established(std::uint64_t session_id) const {
   PeerSession* session = find(session_id);
   if (session == nullptr || session->state() != PeerSession::State::Established) {
     return make_error("no established session {}", session_id);
   }
-  session->send_message(std::move(cpim), std::move(callback));
+  return session;
+}
+
+Status Node::send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback) {
+  Result<PeerSession*> session = established(session_id);
+  if (!session) return session.error();
+  (*session)->send_message(std::move(cpim), std::move(callback));
+  return ok_status();
+}
+
+Status Node::send_presence(std::uint64_t session_id, FrameType type, const std::string& watcher,
+                           const std::string& presentity) {
+  Result<PeerSession*> session = established(session_id);
+  if (!session) return session.error();
+  (*session)->send_frame(encode_presence(type, {0, watcher, presentity}));
   return ok_status();
 }
 
 Status Node::subscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity) {
-  PeerSession* session = find(session_id);
-  if (session == nullptr || session->state() != PeerSession::State::Established) {
-    return make_error("no established session {}", session_id);
-  }
-  session->send_frame(encode_presence(FrameType::Subscribe, {0, watcher, presentity}));
-  return ok_status();
+  return send_presence(session_id, FrameType::Subscribe, watcher, presentity);
 }
 
 Status Node::unsubscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity) {
-  PeerSession* session = find(session_id);
-  if (session == nullptr || session->state() != PeerSession::State::Established) {
-    return make_error("no established session {}", session_id);
-  }
-  session->send_frame(encode_presence(FrameType::Unsubscribe, {0, watcher, presentity}));
-  return ok_status();
+  return send_presence(session_id, FrameType::Unsubscribe, watcher, presentity);
 }
 
 void Node::set_presence(const std::string& presentity, const std::string& document) {

@@ -145,6 +145,9 @@ class Node {
   Status install(NodeSettings settings);
   const DomainIdentity* identity(const std::string& domain) const;
   PeerSession* find(std::uint64_t id) const;
+  Result<PeerSession*> established(std::uint64_t id) const;
+  Status send_presence(std::uint64_t session_id, FrameType type, const std::string& watcher,
+                       const std::string& presentity);
   void on_key_change(const KeySetChange& change);
   void audit(const PeerSession& session, std::string_view event, const PolicyVerdict& verdict,
              DnsOutcome outcome);
