@@ -399,7 +399,7 @@ TEST_CASE("one node hosts several domains and presents the key of the one asked 
   CHECK(beta.send(to_gamma->id, cpim_message("im:bob@beta.test", "im:gina@gamma.test", "hi")).ok());
   CHECK(shared.delivered.back().session.local_domain == "gamma.test");
   // A domain the node does not host is refused in the TLS handshake.
-  auto elsewhere = beta.connect_to(shared, "nokey.test");
+  auto elsewhere = beta.connect_to(shared, "mixed.test");
   REQUIRE_FALSE(elsewhere.ok());
   CHECK_THAT(elsewhere.error().message, Catch::Contains("TLS handshake failed"));
 }
@@ -420,4 +420,25 @@ TEST_CASE("a node holding its next key checks it at start", "[federation][rollov
   CHECK_THAT(node.error().message, Catch::Contains("next.pem: key file is accessible by group or others"));
   settings.domains = {{"beta.test", {fedkey("beta-old"), fedkey("beta-new")}}};
   CHECK(Node::create(loop.get(), cache, settings, {}).ok());
+}
+
+TEST_CASE("outbound to a bogus or failing domain is deferred without contacting it", "[federation][refusal]") {
+  TestLoop loop;
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  // A listener that must never see a connection.
+  FedNode bystander(loop, "alpha.test", fedkey("alpha-1"));
+  for (const char* domain : {"tampered.test", "elsewhere.example"}) {
+    INFO(domain);
+    std::optional<Result<SessionInfo>> result;
+    beta.node->connect("beta.test", domain, "127.0.0.1", bystander.node->port(),
+                       [&](Result<SessionInfo> r) { result = std::move(r); });
+    loop.run_until([&] { return result.has_value(); });
+    REQUIRE_FALSE(result->ok());
+    CHECK_THAT(result->error().message, Catch::StartsWith("defer"));
+    auto audit = last_audit(beta);
+    CHECK(audit["decision"] == "defer");
+    CHECK(audit["direction"] == "outbound");
+  }
+  CHECK(bystander.audit_lines.empty());
+  CHECK(bystander.closed.empty());
 }

@@ -57,7 +57,6 @@ enum class ErrorCode : std::uint16_t {
   Timeout = 4,
   Shutdown = 5,
   KeyRevoked = 6,
-  TooManySessions = 7,
 };
 
 struct Frame {

@@ -261,7 +261,24 @@ void Node::connect(const std::string& local_domain, const std::string& peer_doma
     if (alive.expired()) return;
     PeerSession* pending = find(id);
     if (pending == nullptr || pending->closing()) return;
-    pending->connect_to(address, port, entry->answer, std::move(*shared_callback));
+    // docs/POLICY.md §1: where the answer alone decides (bogus, temp-fail,
+    // unusable, no-keys or insecure refused, a refused domain), the decision
+    // is made before any connection: a deferred peer is not contacted.
+    const DomainKeys& answer = entry->answer;
+    bool key_decides = answer.outcome == DnsOutcome::Keys ||
+                       (answer.outcome == DnsOutcome::Insecure && settings_.policy.insecure == InsecurePolicy::WeakAuth);
+    PolicyVerdict early = decide(settings_.policy, Direction::Outbound, answer, {});
+    if (!key_decides && !is_accepted(early.decision)) {
+      pending->info.outcome = answer.outcome;
+      pending->info.decision = early.decision;
+      audit(*pending, "connect", early, answer.outcome);
+      std::string reason = fmt::format("{} {}: {}", to_string(early.decision), pending->info.peer_domain, early.reason);
+      ConnectCallback report = std::move(*shared_callback);
+      pending->close(reason);
+      report(make_error("{}", reason));
+      return;
+    }
+    pending->connect_to(address, port, answer, std::move(*shared_callback));
   });
 }
 
