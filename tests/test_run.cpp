@@ -1,6 +1,8 @@
 // `keyfed run` as a script or init system sees it: a child process with a
 // config file, logs on stderr, SIGHUP reload, SIGTERM clean exit.
+#include <netinet/in.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -86,8 +88,20 @@ class Child {
   std::vector<std::string> lines_;
 };
 
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
 std::filesystem::path write_node_config(const TempDir& dir, const std::filesystem::path& key,
-                                        const std::string& domain = "alpha.test") {
+                                        const std::string& domain = "alpha.test", const std::string& extra = "") {
   std::ifstream base(testbed_dir() / "keyfed.toml");
   std::stringstream text;
   text << base.rdbuf();
@@ -96,7 +110,7 @@ std::filesystem::path write_node_config(const TempDir& dir, const std::filesyste
   config = std::regex_replace(config, std::regex("\"([a-z][a-z.-]*\\.(ds|signed|zone))\""),
                               "\"" + testbed_dir().string() + "/$1\"");
   config += "\n[node]\nlisten = \"127.0.0.1\"\nport = 0\n\n[[domains]]\nname = \"" + domain + "\"\nkeys = [\"" +
-            key.string() + "\"]\n";
+            key.string() + "\"]\n" + extra;
   auto path = dir.path() / ("node-" + domain + "-" + key.stem().string() + ".toml");
   std::ofstream(path) << config;
   return path;
@@ -201,6 +215,28 @@ TEST_CASE("keyfed send delivers one message, and reports refusals with distinct 
   CHECK(bad == static_cast<int>(ExitStatus::BadInput));
   CHECK_THAT(bad_err, Catch::Contains("does not host the sender's domain gamma.test"));
 
+  alpha.signal(SIGTERM);
+  CHECK(alpha.wait_exit() == 0);
+}
+
+TEST_CASE("keyfed run keeps retrying a configured peer until it answers", "[run]") {
+  TempDir dir;
+  int port = free_port();
+  auto config = write_node_config(dir, fedkey("alpha-1"), "alpha.test",
+                                  "\n[[peers]]\ndomain = \"beta.test\"\naddress = \"127.0.0.1\"\nport = " +
+                                      std::to_string(port) + "\n");
+  Child alpha({"keyfed", "run", "--config", config.string()});
+  REQUIRE_FALSE(alpha.wait_for(std::regex("no session with beta.test .*retrying in 1000 ms")).empty());
+
+  TestLoop loop;
+  FedNode beta(loop, "beta.test", fedkey("beta-new"), {}, steady_clock_fn(), port);
+  loop.run_until([&] {
+    for (const SessionInfo& s : beta.node->sessions()) {
+      if (s.established && s.peer_domain == "alpha.test") return true;
+    }
+    return false;
+  });
+  CHECK(beta.audits_with("\"decision\":\"authenticated\"").size() == 1);
   alpha.signal(SIGTERM);
   CHECK(alpha.wait_exit() == 0);
 }

@@ -1,6 +1,7 @@
 #include "cli/run_command.h"
 
 #include <csignal>
+#include <optional>
 
 #include <uv.h>
 
@@ -14,6 +15,18 @@
 namespace keyfed {
 namespace {
 
+// A configured peer the node keeps a session with: reconnected after a
+// failure or a close, with a delay that doubles from 1 s up to 5 minutes
+// (a deferred peer, docs/POLICY.md §1, is retried this way).
+struct PeerLink {
+  StaticPeer peer;
+  UvHandle<uv_timer_t> retry;
+  std::chrono::milliseconds backoff{1000};
+  std::optional<std::uint64_t> session;
+};
+
+inline constexpr std::chrono::milliseconds kMaxBackoff{300000};
+
 // Everything a running node owns, torn down in reverse order.
 struct Daemon {
   std::filesystem::path config_path;
@@ -23,14 +36,52 @@ struct Daemon {
   std::unique_ptr<KeyCache> cache;
   std::unique_ptr<Node> node;
   std::vector<UvHandle<uv_signal_t>> signals;
+  std::vector<std::unique_ptr<PeerLink>> links;
+  bool stopping = false;
 
-  void connect_static_peers() {
-    const std::string& local = config.federation.domains.front().domain;
+  void start_links() {
     for (const StaticPeer& peer : config.peers) {
-      node->connect(local, peer.domain, peer.address, peer.port, [peer](Result<SessionInfo> r) {
-        if (!r) log_at(LogLevel::Warning, "no session with {} at {}:{}: {}", peer.domain, peer.address, peer.port,
-                       r.error().message);
-      });
+      auto link = std::make_unique<PeerLink>();
+      link->peer = peer;
+      link->retry = make_uv_handle<uv_timer_t>();
+      uv_timer_init(loop, link->retry.get());
+      connect(*link);
+      links.push_back(std::move(link));
+    }
+  }
+
+  void connect(PeerLink& link) {
+    const std::string& local = config.federation.domains.front().domain;
+    PeerLink* l = &link;
+    node->connect(local, link.peer.domain, link.peer.address, link.peer.port, [this, l](Result<SessionInfo> r) {
+      if (r) {
+        l->session = r->id;
+        l->backoff = std::chrono::milliseconds(1000);
+        return;
+      }
+      log_at(LogLevel::Warning, "no session with {} at {}:{}: {}; retrying in {} ms", l->peer.domain,
+             l->peer.address, l->peer.port, r.error().message, l->backoff.count());
+      schedule(*l);
+    });
+  }
+
+  void schedule(PeerLink& link) {
+    if (stopping) return;
+    link.retry->data = &link;
+    uv_timer_start(link.retry.get(), [](uv_timer_t* t) {
+      auto* l = static_cast<PeerLink*>(t->data);
+      Daemon* d = static_cast<Daemon*>(t->loop->data);
+      if (!d->stopping) d->connect(*l);
+    }, static_cast<std::uint64_t>(link.backoff.count()), 0);
+    link.backoff = std::min(link.backoff * 2, kMaxBackoff);
+  }
+
+  void on_session_closed(const SessionInfo& info) {
+    for (auto& link : links) {
+      if (link->session == info.id) {
+        link->session.reset();
+        schedule(*link);
+      }
     }
   }
 
@@ -55,6 +106,8 @@ struct Daemon {
 
   void shutdown(int signum) {
     log_at(LogLevel::Info, "signal {}: closing sessions", signum);
+    stopping = true;
+    links.clear();
     node.reset();  // sends ERROR Shutdown and close_notify on every session
     cache.reset();
     resolver.reset();
@@ -99,7 +152,11 @@ ExitStatus run_node(const RunOptions& options, std::ostream& err) {
     } else {
       daemon.resolver = std::move(resolver).value();
       daemon.cache = std::make_unique<KeyCache>(*daemon.resolver, daemon.config.key_cache);
+      loop.data = &daemon;
       Node::Handlers handlers;
+      handlers.on_session_closed = [&daemon](const SessionInfo& info, const std::string&) {
+        daemon.on_session_closed(info);
+      };
       handlers.on_message = [](const DeliveredMessage& m) {
         log_at(LogLevel::Info, "message {} -> {} ({} bytes, sender domain {})", m.routing.from.uri,
                m.routing.to.front().uri, m.cpim.size(), to_string(m.session.decision));
@@ -131,9 +188,11 @@ ExitStatus run_node(const RunOptions& options, std::ostream& err) {
         }, signum);
         daemon.signals.push_back(std::move(handle));
       }
-      daemon.connect_static_peers();
+      daemon.start_links();
       uv_run(&loop, UV_RUN_DEFAULT);
     }
+    daemon.stopping = true;
+    daemon.links.clear();
     daemon.node.reset();
     daemon.cache.reset();
     daemon.resolver.reset();

@@ -1,5 +1,6 @@
 #include "federation/node.h"
 
+#include <csignal>
 #include <ctime>
 #include <set>
 
@@ -70,6 +71,11 @@ Node::Node(uv_loop_t* loop, KeyCache& cache, Handlers handlers)
 
 Result<std::unique_ptr<Node>> Node::create(uv_loop_t* loop, KeyCache& cache, NodeSettings settings,
                                            Handlers handlers) {
+  // libuv writes to sockets with write(2): a peer that vanishes mid-write
+  // would kill the process with SIGPIPE. Ignore it unless the program chose
+  // a handler of its own.
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   auto node = std::unique_ptr<Node>(new Node(loop, cache, std::move(handlers)));
   if (Status s = node->install(std::move(settings)); !s) return s.error();
   std::weak_ptr<bool> alive = node->alive_;

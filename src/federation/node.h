@@ -91,7 +91,8 @@ class Node {
   /// Ok on ACK; the error text carries the NACK code and reason.
   using SendCallback = std::function<void(Status)>;
 
-  /// Loads every hosted domain's key; the cache (and its resolver) must outlive the node.
+  /// Loads every hosted domain's key; the cache (and its resolver) must outlive
+  /// the node. Sets SIGPIPE to ignored if it has the default disposition.
   static Result<std::unique_ptr<Node>> create(uv_loop_t* loop, KeyCache& cache, NodeSettings settings,
                                               Handlers handlers);
   /// Closes every session and handle; run the loop afterwards to release them.
