@@ -16,6 +16,7 @@ packages=(
   libcli11-dev
   nlohmann-json3-dev
   libtomlplusplus-dev
+  clang libclang-rt-14-dev   # fuzz targets (libFuzzer)
 )
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the normal build and the ASan+UBSan build, each with the
-# whole suite (unit, testbed and CLI tests), then a quick pass of the
-# benchmark so it cannot rot. Exit status is non-zero if anything failed.
+# whole suite (unit, testbed, federation and CLI tests); the libFuzzer targets
+# for a bounded number of inputs; then a quick pass of the benchmarks so they
+# cannot rot. Exit status is non-zero if anything failed.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
@@ -16,6 +17,20 @@ echo "== build: ASan + UBSan"
 echo "== tests: sanitizer build"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$src/build-asan" -j "$jobs" --output-on-failure
+
+echo "== fuzz: each parser for a bounded number of inputs (clang, libFuzzer, ASan+UBSan)"
+CXX=clang++ "$src/tools/build.sh" "$src/build-fuzz" -DKEYFED_FUZZ=ON -DKEYFED_BUILD_TESTS=OFF -DKEYFED_BUILD_BENCH=OFF
+for target in frames:fuzz/corpus/frames cpim:tests/testdata/cpim key_record:fuzz/corpus/key_record; do
+  name=${target%%:*}; corpus=$src/${target#*:}
+  scratch=$(mktemp -d)  # new inputs go here, not into the committed corpus
+  if ! "$src/build-fuzz/fuzz/fuzz_$name" -runs=300000 -max_len=4096 "$scratch" "$corpus" > "$scratch.log" 2>&1; then
+    tail -40 "$scratch.log"
+    echo "fuzz_$name: FAILED (the crashing input is in the log above)" >&2
+    exit 1
+  fi
+  echo "fuzz_$name: $(grep -E '^Done' "$scratch.log")"
+  rm -rf "$scratch" "$scratch.log"
+done
 
 echo "== bench smoke run (figures are not checked)"
 "$src/build/bench/bench_key_lookup" "$src/build/testbed" --quick
