@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/cli.h"
+#include "common/c_handles.h"
+#include "dnskey/key_record.h"
 #include "harness.h"
 
 using namespace keyfed;
@@ -138,4 +140,25 @@ TEST_CASE("--help documents the exit statuses", "[cli]") {
   CliRun r = run({"lookup", "--help"});
   CHECK(r.status == 0);
   CHECK_THAT(r.out, Catch::Contains("6  a domain's answer is bogus"));
+}
+
+TEST_CASE("keygen writes a 0600 key and prints the KEY record that lookup then accepts", "[cli]") {
+  test::TempDir dir;
+  auto key = (dir.path() / "alpha-next.pem").string();
+  CliRun r = run({"keygen", "--out", key, "--algorithm", "p256", "Alpha.Test"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK((std::filesystem::status(key).permissions() & std::filesystem::perms::all) ==
+        (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
+  CHECK_THAT(r.out, Catch::StartsWith("_impp._tcp.alpha.test. 300 IN KEY 512 1 13 "));
+  // The printed record parses as a usable key.
+  ldns_rr* rr = nullptr;
+  std::string record = r.out.substr(0, r.out.find('\n'));
+  REQUIRE(ldns_rr_new_frm_str(&rr, record.c_str(), 0, nullptr, nullptr) == LDNS_STATUS_OK);
+  LdnsRrPtr owned(rr);
+  CHECK(parse_key_rr(rr).ok());
+  // Never overwrites.
+  CliRun again = run({"keygen", "--out", key, "alpha.test"});
+  CHECK(again.status == static_cast<int>(ExitStatus::BadInput));
+  CHECK_THAT(again.err, Catch::Contains("File exists"));
 }

@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/keygen_command.h"
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
 #include "cli/send_command.h"
@@ -19,6 +20,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App* run = add_run_command(app, run_options);
   SendOptions send_options;
   CLI::App* send = add_send_command(app, send_options);
+  KeygenOptions keygen_options;
+  CLI::App* keygen = add_keygen_command(app, keygen_options);
 
   try {
     app.parse(argc, argv);
@@ -40,6 +43,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   if (lookup->parsed()) return static_cast<int>(run_lookup(lookup_options, out, err));
   if (run->parsed()) return static_cast<int>(run_node(run_options, err));
   if (send->parsed()) return static_cast<int>(run_send(send_options, out, err));
+  if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 

@@ -67,12 +67,7 @@ Status PeerSession::accept_from(uv_stream_t* server) {
   start_tls(node_.server_ctx_.get());
   SSL_set_accept_state(ssl_.get());
   state_ = State::Handshaking;
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_),
-                [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
-                  static char buffer[64 * 1024];  // the loop is single-threaded; read data is consumed at once
-                  *buf = uv_buf_init(buffer, sizeof buffer);
-                },
-                &PeerSession::on_read);
+  start_reading();
   return ok_status();
 }
 
@@ -108,12 +103,7 @@ void PeerSession::connect_to(const std::string& address, int port, DomainKeys pe
     SSL_use_certificate(self->ssl_.get(), identity->certificate.get());
     SSL_use_PrivateKey(self->ssl_.get(), identity->key.get());
     self->state_ = State::Handshaking;
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&self->tcp_),
-                  [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
-                    static char buffer[64 * 1024];
-                    *buf = uv_buf_init(buffer, sizeof buffer);
-                  },
-                  &PeerSession::on_read);
+    self->start_reading();
     self->drive();
   });
   if (err != 0) fail_connect(fmt::format("connect to {}: {}", info.peer_address, uv_strerror(err)));
@@ -126,6 +116,17 @@ void PeerSession::start_tls(SSL_CTX* ctx) {
   BIO_set_mem_eof_return(network_in_, -1);  // "no data yet", not EOF
   SSL_set_bio(ssl_.get(), network_in_, network_out_);
   SSL_set_app_data(ssl_.get(), this);
+}
+
+void PeerSession::start_reading() {
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_),
+                [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
+                  // One buffer for all sessions: the loop is single-threaded and
+                  // on_read hands what arrived to TLS before returning.
+                  static char buffer[64 * 1024];
+                  *buf = uv_buf_init(buffer, sizeof buffer);
+                },
+                &PeerSession::on_read);
 }
 
 void PeerSession::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
@@ -471,7 +472,6 @@ void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code
   bool tls_up = ssl_ && SSL_is_init_finished(ssl_.get());
   if (code && tls_up) send_frame(encode_error({*code, reason}));
   state_ = State::Closing;
-  close_reason_ = reason;
   log_at(LogLevel::Info, "session {} {} {} ({}): closed: {}", info.id, to_string(info.direction),
          info.peer_domain.empty() ? "(no claim yet)" : info.peer_domain, info.peer_address, reason);
   if (tls_up) {

@@ -64,7 +64,7 @@ class PeerSession {
   void arm_timer(std::chrono::milliseconds after);
   void on_timer();
   void fail_connect(const std::string& reason);
-  void release_handle();
+  void start_reading();
   std::vector<std::uint8_t> peer_spki() const;
 
   static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
@@ -89,7 +89,6 @@ class PeerSession {
   std::uint64_t last_sent_ms_ = 0;
   std::uint64_t bytes_since_rekey_ = 0;
   std::uint64_t last_rekey_ms_ = 0;
-  std::string close_reason_;
 };
 
 }  // namespace keyfed
