@@ -135,8 +135,7 @@ void run_script(const RawClientScript& script, RawClientResult& result) {
   SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   if (script.max_tls_version != 0) SSL_CTX_set_max_proto_version(ctx.get(), script.max_tls_version);
-  static const unsigned char alpn[] = {8, 'k', 'e', 'y', 'f', 'e', 'd', '/', '1'};
-  SSL_CTX_set_alpn_protos(ctx.get(), alpn, sizeof alpn);
+  SSL_CTX_set_alpn_protos(ctx.get(), kAlpnWire, sizeof kAlpnWire);
   SslPtr ssl(SSL_new(ctx.get()));
   SSL_set_fd(ssl.get(), fd);
   SSL_set_tlsext_host_name(ssl.get(), script.sni.c_str());

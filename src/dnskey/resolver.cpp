@@ -165,18 +165,18 @@ KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback ca
 }
 
 KeyResolver::QueryId KeyResolver::query(const std::string& name, std::uint16_t type, AnswerCallback callback) {
-  auto query = std::make_unique<Query>();
-  query->owner = this;
-  query->id = next_id_++;
-  query->name = name;
-  query->type = type;
-  query->callback = std::move(callback);
-  query->deadline = make_uv_handle<uv_timer_t>();
-  uv_timer_init(loop_, query->deadline.get());
-  query->deadline->data = query.get();
+  auto pending = std::make_unique<Query>();
+  pending->owner = this;
+  pending->id = next_id_++;
+  pending->name = name;
+  pending->type = type;
+  pending->callback = std::move(callback);
+  pending->deadline = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop_, pending->deadline.get());
+  pending->deadline->data = pending.get();
 
-  Query& ref = *query;
-  queries_.emplace(ref.id, std::move(query));
+  Query& ref = *pending;
+  queries_.emplace(ref.id, std::move(pending));
   submit(ref);
 
   // The deadline also delivers a submit failure, so callbacks never run

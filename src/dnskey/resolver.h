@@ -1,5 +1,6 @@
 // KeyResolver: asynchronous, validating lookup of a domain's KEY RRset on the
-// node's libuv loop (docs/KEYS.md, "Resolution").
+// node's libuv loop (docs/KEYS.md, "Resolution"), and of the other records a
+// node needs from the same validated view of DNS (discovery's SRV, A, AAAA).
 //
 // One libunbound context per resolver, running its work on libunbound's own
 // thread; its result pipe is watched with uv_poll, so the loop never blocks on

@@ -118,7 +118,6 @@ Status Node::install(NodeSettings settings) {
   if (!server || !client) return make_error("cannot create TLS contexts");
   if (Status s = configure_tls(server.get()); !s) return s;
   if (Status s = configure_tls(client.get()); !s) return s;
-  static const unsigned char kAlpnWire[] = {8, 'k', 'e', 'y', 'f', 'e', 'd', '/', '1'};
   SSL_CTX_set_alpn_protos(client.get(), kAlpnWire, sizeof kAlpnWire);
   SSL_CTX_set_alpn_select_cb(
       server.get(),
