@@ -1,5 +1,9 @@
 #include "harness.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdlib>
 
 #include <catch2/catch.hpp>
@@ -27,6 +31,22 @@ TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
 }
+
+SilentNameServer::SilentNameServer() {
+  fd_ = socket(AF_INET, SOCK_DGRAM, 0);
+  REQUIRE(fd_ >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  port_ = ntohs(addr.sin_port);
+}
+
+SilentNameServer::~SilentNameServer() { close(fd_); }
+
+std::string SilentNameServer::address() const { return "127.0.0.1@" + std::to_string(port_); }
 
 TestLoop::TestLoop() { REQUIRE(uv_loop_init(&loop_) == 0); }
 

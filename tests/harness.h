@@ -50,6 +50,19 @@ class TestLoop {
 /// Resolves one domain with the resolver and waits for the answer.
 DomainKeys resolve_now(TestLoop& loop, KeyResolver& resolver, const std::string& domain);
 
+/// A UDP socket on loopback that receives queries and never answers: a name
+/// server that has gone silent. address() is "127.0.0.1@PORT" for forwarders.
+class SilentNameServer {
+ public:
+  SilentNameServer();
+  ~SilentNameServer();
+  std::string address() const;
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
 /// A clock that moves only when told to.
 class ManualClock {
  public:

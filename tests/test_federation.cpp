@@ -442,3 +442,38 @@ TEST_CASE("outbound to a bogus or failing domain is deferred without contacting 
   CHECK(bystander.audit_lines.empty());
   CHECK(bystander.closed.empty());
 }
+
+TEST_CASE("a claim waiting on a slow key lookup does not hold up other sessions", "[federation]") {
+  TempDir dir;
+  SilentNameServer silent;
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  REQUIRE(beta.connect_to(alpha, "alpha.test").ok());  // alpha now has beta.test's keys cached
+
+  // From now on alpha's name server is silent: a new domain's lookup hangs
+  // until its deadline.
+  ResolverConfig slow;
+  slow.mode = ResolverMode::Production;
+  slow.trust_anchor = testbed_dir() / "trust-anchor.ds";
+  slow.forwarders = {silent.address()};
+  slow.query_timeout = std::chrono::milliseconds(1500);
+  REQUIRE(alpha.resolver->reload(slow).ok());
+
+  FedNode stranger(loop, "slow.example", fresh_key(dir, "slow"));
+  std::optional<Result<SessionInfo>> waiting;
+  stranger.node->connect("slow.example", "alpha.test", "127.0.0.1", alpha.node->port(),
+                         [&](Result<SessionInfo> r) { waiting = std::move(r); });
+  // stranger's own lookup of alpha.test is answered by its testbed resolver;
+  // alpha's lookup of slow.example now waits on the silent server.
+  loop.run_until([&] { return alpha.resolver->pending() == 1; });
+
+  auto meanwhile = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(meanwhile.ok());
+  CHECK(beta.send(meanwhile->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", "not blocked")).ok());
+  CHECK_FALSE(waiting.has_value());  // the slow claim is still pending
+
+  loop.run_until([&] { return waiting.has_value(); });
+  REQUIRE_FALSE(waiting->ok());
+  CHECK_THAT(last_audit(alpha)["reason"].get<std::string>(), Catch::Contains("no answer within 1500 ms"));
+}

@@ -1,38 +1,12 @@
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 
 #include "dnskey/resolver.h"
 #include "harness.h"
 
 using namespace keyfed;
+using keyfed::test::SilentNameServer;
 
 namespace {
-
-// A UDP socket on loopback that receives queries and never answers: a name
-// server that has gone silent.
-class SilentNameServer {
- public:
-  SilentNameServer() {
-    fd_ = socket(AF_INET, SOCK_DGRAM, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    socklen_t len = sizeof addr;
-    REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    port_ = ntohs(addr.sin_port);
-  }
-  ~SilentNameServer() { close(fd_); }
-  std::string address() const { return "127.0.0.1@" + std::to_string(port_); }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
 
 ResolverConfig silent_forwarder_config(const SilentNameServer& server) {
   ResolverConfig config;
