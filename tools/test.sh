@@ -6,17 +6,28 @@
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
+passed=0
+
+# Runs one build's suite; a failure stops the script (set -e, pipefail).
+run_ctest() {
+  local log
+  log=$(mktemp)
+  ctest --test-dir "$1" -j "$jobs" --output-on-failure 2>&1 | tee "$log"
+  passed=$((passed + $(sed -n 's/.*tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' "$log")))
+  rm -f "$log"
+}
 
 echo "== build: RelWithDebInfo, warnings as errors"
 "$src/tools/build.sh" "$src/build"
 echo "== tests: normal build"
-ctest --test-dir "$src/build" -j "$jobs" --output-on-failure
+run_ctest "$src/build"
 
 echo "== build: ASan + UBSan"
 "$src/tools/build.sh" "$src/build-asan" -DKEYFED_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 echo "== tests: sanitizer build"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir "$src/build-asan" -j "$jobs" --output-on-failure
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run_ctest "$src/build-asan"
+unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "== fuzz: each parser for a bounded number of inputs (clang, libFuzzer, ASan+UBSan)"
 CXX=clang++ "$src/tools/build.sh" "$src/build-fuzz" -DKEYFED_FUZZ=ON -DKEYFED_BUILD_TESTS=OFF -DKEYFED_BUILD_BENCH=OFF
@@ -35,3 +46,6 @@ done
 echo "== bench smoke run (figures are not checked)"
 "$src/build/bench/bench_key_lookup" "$src/build/testbed" --quick
 "$src/build/bench/bench_federation" "$src/build/testbed" --quick
+
+echo
+echo "tools/test.sh: $passed passed, 0 failed"
