@@ -1,6 +1,10 @@
 // The federation core between real nodes on loopback (docs/POLICY.md,
 // docs/PROTOCOL.md): authentication, each refusal, sender binding,
 // revocation, rollover, limits.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <openssl/ssl.h>
@@ -476,4 +480,54 @@ TEST_CASE("a claim waiting on a slow key lookup does not hold up other sessions"
   loop.run_until([&] { return waiting.has_value(); });
   REQUIRE_FALSE(waiting->ok());
   CHECK_THAT(last_audit(alpha)["reason"].get<std::string>(), Catch::Contains("no answer within 1500 ms"));
+}
+
+TEST_CASE("limits: an address that never answers costs one connect timeout", "[federation][limits]") {
+  // A listener that never accepts: once its backlog is full, the kernel drops
+  // further SYNs, so a connect neither succeeds nor fails.
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 0) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  std::vector<int> fillers;
+  for (int i = 0; i < 4; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    fillers.push_back(fd);
+  }
+  TestLoop loop;
+  FedNode beta(loop, "beta.test", fedkey("beta-new"),
+               [](NodeSettings& s) { s.limits.connect_timeout = std::chrono::milliseconds(300); });
+  std::optional<Result<SessionInfo>> result;
+  beta.node->connect("beta.test", "alpha.test", "127.0.0.1", ntohs(addr.sin_port),
+                     [&](Result<SessionInfo> r) { result = std::move(r); });
+  loop.run_until([&] { return result.has_value(); });
+  REQUIRE_FALSE(result->ok());
+  CHECK_THAT(result->error().message, Catch::Contains("no answer within 300 ms"));
+  for (int fd : fillers) ::close(fd);
+  ::close(listener);
+}
+
+TEST_CASE("limits: long sessions also re-key after rekey_interval", "[federation][limits]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  FedNode beta(loop, "beta.test", fedkey("beta-new"),
+               [](NodeSettings& s) { s.limits.rekey_interval = std::chrono::seconds(1); });
+  auto session = beta.connect_to(alpha, "alpha.test");
+  REQUIRE(session.ok());
+  CHECK(beta.node->session(session->id)->key_updates == 0);
+  uv_timer_t wait;
+  bool waited = false;
+  uv_timer_init(loop.get(), &wait);
+  wait.data = &waited;
+  uv_timer_start(&wait, [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; }, 1100, 0);
+  loop.run_until([&] { return waited; });
+  uv_close(reinterpret_cast<uv_handle_t*>(&wait), nullptr);
+  REQUIRE(beta.send(session->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", "later")).ok());
+  CHECK(beta.node->session(session->id)->key_updates == 1);
+  CHECK(alpha.delivered.size() == 1);
 }

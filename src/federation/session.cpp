@@ -469,6 +469,7 @@ void PeerSession::fail_connect(const std::string& reason) {
 
 void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code) {
   if (closing()) return;
+  bool connected = state_ != State::Connecting;
   bool tls_up = ssl_ && SSL_is_init_finished(ssl_.get());
   if (code && tls_up) send_frame(encode_error({*code, reason}));
   state_ = State::Closing;
@@ -492,14 +493,23 @@ void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code
   if (node_.handlers_.on_session_closed) node_.handlers_.on_session_closed(info, reason);
   node_.release_session(info.id);  // from here on the session owns itself
 
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &PeerSession::on_handle_closed);
-  // Let queued writes (ERROR, close_notify) go out before closing the socket.
+  // Let queued writes (ERROR, close_notify) go out before closing the socket,
+  // but only on a connected socket (a pending connect never drains) and only
+  // for so long: a peer that stops reading must not keep the session alive.
   shutdown_req_.data = this;
-  if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), [](uv_shutdown_t* req, int) {
-        auto* self = static_cast<PeerSession*>(req->data);
-        uv_close(reinterpret_cast<uv_handle_t*>(&self->tcp_), &PeerSession::on_handle_closed);
-      }) != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &PeerSession::on_handle_closed);
+  if (connected && uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), [](uv_shutdown_t* req, int) {
+        static_cast<PeerSession*>(req->data)->close_handles();
+      }) == 0) {
+    uv_timer_start(&timer_, [](uv_timer_t* t) { static_cast<PeerSession*>(t->data)->close_handles(); },
+                   kLingerMs, 0);
+  } else {
+    close_handles();
+  }
+}
+
+void PeerSession::close_handles() {
+  for (auto* handle : {reinterpret_cast<uv_handle_t*>(&tcp_), reinterpret_cast<uv_handle_t*>(&timer_)}) {
+    if (!uv_is_closing(handle)) uv_close(handle, &PeerSession::on_handle_closed);
   }
 }
 

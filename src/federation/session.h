@@ -22,6 +22,9 @@ namespace keyfed {
 
 class PeerSession {
  public:
+  /// How long a closing session waits for its last bytes to be taken.
+  static constexpr std::uint64_t kLingerMs = 2000;
+
   enum class State { Connecting, Handshaking, AwaitClaim, AwaitClaimOk, Verifying, Established, Closing };
 
   PeerSession(Node& node, std::uint64_t id, Direction direction);
@@ -65,6 +68,7 @@ class PeerSession {
   void on_timer();
   void fail_connect(const std::string& reason);
   void start_reading();
+  void close_handles();  // both handles; the session deletes itself when they are closed
   std::vector<std::uint8_t> peer_spki() const;
 
   static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
