@@ -110,13 +110,16 @@ void KeyCache::evict_if_full(TimePoint now) {
   std::erase_if(entries_, [&](const auto& item) {
     return now >= item.second.current->expires && !in_flight_.contains(item.first);
   });
-  while (entries_.size() >= config_.max_entries) {
-    auto oldest = std::min_element(entries_.begin(), entries_.end(), [](const auto& a, const auto& b) {
-      return a.second.current->expires < b.second.current->expires;
-    });
-    entries_.erase(oldest);
-    ++stats_.evictions;
-  }
+  if (entries_.size() < config_.max_entries) return;
+  // Still full: drop the tenth closest to expiry at once, so that a flood of
+  // new domains pays for this scan once per max_entries/10 answers, not each.
+  std::vector<std::pair<TimePoint, std::string>> by_expiry;
+  by_expiry.reserve(entries_.size());
+  for (const auto& [domain, entry] : entries_) by_expiry.emplace_back(entry.current->expires, domain);
+  std::size_t drop = std::max<std::size_t>(1, entries_.size() / 10);
+  std::nth_element(by_expiry.begin(), by_expiry.begin() + static_cast<std::ptrdiff_t>(drop - 1), by_expiry.end());
+  for (std::size_t i = 0; i < drop; ++i) entries_.erase(by_expiry[i].second);
+  stats_.evictions += drop;
 }
 
 void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {

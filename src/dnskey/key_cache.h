@@ -70,7 +70,7 @@ struct KeyCacheStats {
   std::uint64_t coalesced = 0;   ///< misses that joined a query already in flight
   std::uint64_t prefetches = 0;  ///< refreshes started by a hit near expiry
   std::uint64_t queries = 0;     ///< queries sent to the resolver
-  std::uint64_t evictions = 0;   ///< entries dropped to stay under max_entries
+  std::uint64_t evictions = 0;   ///< unexpired entries dropped to stay under max_entries
   std::array<std::uint64_t, 6> outcomes{};  ///< answers received, by DnsOutcome
 
   std::uint64_t outcome_count(DnsOutcome outcome) const {
