@@ -21,19 +21,18 @@ std::string rcode_name(int rcode) {
   return entry != nullptr ? entry->name : fmt::format("RCODE{}", rcode);
 }
 
-// The KEY records of the answer section, whatever their owner after CNAMEs.
-KeyRecordSet keys_in_answer(const ub_result& result) {
-  if (result.answer_packet == nullptr || result.answer_len <= 0) return {};
+}  // namespace
+
+LdnsRrListPtr answer_records(const ub_result& result, ldns_rr_type type) {
   ldns_pkt* raw = nullptr;
-  if (ldns_wire2pkt(&raw, static_cast<const std::uint8_t*>(result.answer_packet),
+  if (result.answer_packet == nullptr || result.answer_len <= 0 ||
+      ldns_wire2pkt(&raw, static_cast<const std::uint8_t*>(result.answer_packet),
                     static_cast<std::size_t>(result.answer_len)) != LDNS_STATUS_OK) {
-    return {};
+    return LdnsRrListPtr(ldns_rr_list_new());
   }
   LdnsPktPtr packet(raw);
-  return parse_key_records(ldns_pkt_answer(packet.get()));
+  return LdnsRrListPtr(ldns_pkt_rr_list_by_type(packet.get(), type, LDNS_SECTION_ANSWER));
 }
-
-}  // namespace
 
 DomainKeys temp_fail(const std::string& domain, std::string reason) {
   DomainKeys out;
@@ -74,7 +73,7 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result) {
   if (!result.secure) {
     out.outcome = DnsOutcome::Insecure;
     if (!denial) {
-      KeyRecordSet records = keys_in_answer(result);
+      KeyRecordSet records = parse_key_records(answer_records(result, LDNS_RR_TYPE_KEY).get());
       out.keys = std::move(records.keys);
       out.skipped = std::move(records.skipped);
     }
@@ -89,7 +88,7 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result) {
     out.reason = result.nxdomain ? "NXDOMAIN proven by DNSSEC" : "NODATA proven by DNSSEC";
     return out;
   }
-  KeyRecordSet records = keys_in_answer(result);
+  KeyRecordSet records = parse_key_records(answer_records(result, LDNS_RR_TYPE_KEY).get());
   out.keys = std::move(records.keys);
   out.skipped = std::move(records.skipped);
   if (out.keys.empty()) {

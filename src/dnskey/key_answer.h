@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/c_handles.h"
 #include "dnskey/key_record.h"
 #include "dnskey/outcome.h"
 
@@ -24,6 +25,10 @@ struct DomainKeys {
 
 /// Classifies libunbound's answer to the KEY query for `domain`.
 DomainKeys classify_answer(const std::string& domain, const ub_result& result);
+
+/// The answer-section records of one type in libunbound's answer packet
+/// (empty if there is none or it does not parse).
+LdnsRrListPtr answer_records(const ub_result& result, ldns_rr_type type);
 
 /// A TempFail answer with the given reason (timeouts, resolver errors).
 DomainKeys temp_fail(const std::string& domain, std::string reason);

@@ -7,6 +7,7 @@
 
 #include "common/c_handles.h"
 #include "common/ldns.h"
+#include "dnskey/key_answer.h"
 
 namespace keyfed {
 
@@ -27,18 +28,6 @@ namespace {
 std::string strip_dot(std::string name) {
   if (name.size() > 1 && name.back() == '.') name.pop_back();
   return name;
-}
-
-// The answer section's records of one type, as ldns RRs.
-LdnsRrListPtr answer_records(const ub_result& answer, ldns_rr_type type) {
-  ldns_pkt* raw = nullptr;
-  if (answer.answer_packet == nullptr ||
-      ldns_wire2pkt(&raw, static_cast<const std::uint8_t*>(answer.answer_packet),
-                    static_cast<std::size_t>(answer.answer_len)) != LDNS_STATUS_OK) {
-    return LdnsRrListPtr(ldns_rr_list_new());
-  }
-  LdnsPktPtr packet(raw);
-  return LdnsRrListPtr(ldns_pkt_rr_list_by_type(packet.get(), type, LDNS_SECTION_ANSWER));
 }
 
 std::string rdf_text(const ldns_rdf* rdf) {
