@@ -270,10 +270,8 @@ void Node::connect(const std::string& local_domain, const std::string& peer_doma
     // unusable, no-keys or insecure refused, a refused domain), the decision
     // is made before any connection: a deferred peer is not contacted.
     const DomainKeys& answer = entry->answer;
-    bool key_decides = answer.outcome == DnsOutcome::Keys ||
-                       (answer.outcome == DnsOutcome::Insecure && settings_.policy.insecure == InsecurePolicy::WeakAuth);
     PolicyVerdict early = decide(settings_.policy, Direction::Outbound, answer, {});
-    if (!key_decides && !is_accepted(early.decision)) {
+    if (!early.key_checked && !is_accepted(early.decision)) {
       pending->info.outcome = answer.outcome;
       pending->info.decision = early.decision;
       audit(*pending, "connect", early, answer.outcome);

@@ -19,22 +19,25 @@ std::optional<FederationKey> matching_key(const std::vector<FederationKey>& keys
 }
 
 PolicyVerdict verdict(Decision decision, std::string reason, std::optional<FederationKey> key = std::nullopt) {
-  return PolicyVerdict{decision, std::move(reason), std::move(key)};
+  return PolicyVerdict{decision, std::move(reason), std::move(key), false};
 }
 
 // POLICY.md §1, rows "keys" and "insecure (weak-auth)": the peer must prove it
 // holds one of these keys.
 PolicyVerdict require_key(const DomainKeys& answer, std::span<const std::uint8_t> peer_spki, Decision on_match,
                           std::string_view what) {
+  PolicyVerdict out;
   if (peer_spki.empty()) {
-    return verdict(Decision::Refuse, fmt::format("{} publishes {} keys but the peer sent no certificate",
-                                                 answer.domain, what));
+    out = verdict(Decision::Refuse, fmt::format("{} publishes {} keys but the peer sent no certificate",
+                                                answer.domain, what));
+  } else if (auto key = matching_key(answer.keys, peer_spki)) {
+    out = verdict(on_match, fmt::format("peer holds {} key {} of {}", what, key->key_tag, answer.domain), key);
+  } else {
+    out = verdict(Decision::Refuse, fmt::format("the peer's key is not one of the {} key(s) {} publishes",
+                                                answer.keys.size(), answer.domain));
   }
-  if (auto key = matching_key(answer.keys, peer_spki)) {
-    return verdict(on_match, fmt::format("peer holds {} key {} of {}", what, key->key_tag, answer.domain), key);
-  }
-  return verdict(Decision::Refuse, fmt::format("the peer's key is not one of the {} key(s) {} publishes",
-                                               answer.keys.size(), answer.domain));
+  out.key_checked = true;
+  return out;
 }
 
 }  // namespace

@@ -54,6 +54,10 @@ struct PolicyVerdict {
   Decision decision = Decision::Refuse;
   std::string reason;
   std::optional<FederationKey> key;  ///< the published key the peer proved it holds
+  /// The decision came from comparing the peer's key: with another key (or
+  /// none) it could differ. When false, the answer alone decided, so an
+  /// outbound decision can be made before connecting.
+  bool key_checked = false;
 };
 
 /// Applies POLICY.md's table. `peer_spki` is the DER SubjectPublicKeyInfo of
