@@ -90,9 +90,8 @@ Status load_unbound_config(ub_ctx* ub, const std::string& text) {
 }  // namespace
 
 Result<std::unique_ptr<KeyResolver>> KeyResolver::create(uv_loop_t* loop, ResolverConfig config) {
-  if (Status s = check_resolver_config(config); !s) return s.error();
   auto resolver = std::unique_ptr<KeyResolver>(new KeyResolver(loop, std::move(config), nullptr));
-  if (Status s = resolver->reload(resolver->config_); !s) return s.error();
+  if (Status s = resolver->reload(resolver->config_); !s) return s.error();  // checks the config first
   return resolver;
 }
 

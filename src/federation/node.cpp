@@ -223,8 +223,6 @@ Status Node::listen(const std::string& address, int port) {
   return ok_status();
 }
 
-void Node::stop_listening() { listener_.reset(); }
-
 void Node::on_connection(uv_stream_t* server, int status) {
   auto* node = static_cast<Node*>(server->data);
   if (status < 0) {
@@ -355,14 +353,6 @@ void Node::set_presence(const std::string& presentity, const std::string& docume
       }
     }
   }
-}
-
-Status Node::send_raw_frame(std::uint64_t session_id, std::uint8_t type, std::vector<std::uint8_t> payload) {
-  PeerSession* session = find(session_id);
-  if (session == nullptr) return make_error("no session {}", session_id);
-  auto frame = encode_frame(static_cast<FrameType>(type), payload);
-  session->send_frame(frame);
-  return ok_status();
 }
 
 void Node::close_session(std::uint64_t session_id, const std::string& reason) {

@@ -119,14 +119,10 @@ class Node {
   Status unsubscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity);
   /// Sets a hosted user's presence and notifies its subscribers.
   void set_presence(const std::string& presentity, const std::string& document);
-  /// Sends raw bytes as one frame of the given type (tests of peers' handling).
-  Status send_raw_frame(std::uint64_t session_id, std::uint8_t type, std::vector<std::uint8_t> payload);
 
   void close_session(std::uint64_t session_id, const std::string& reason);
   /// Closes every session (SIGTERM) with an ERROR Shutdown frame.
   void close_all(const std::string& reason);
-  /// Stops listening; with close_all(), lets the loop end.
-  void stop_listening();
 
   std::vector<SessionInfo> sessions() const;
   std::optional<SessionInfo> session(std::uint64_t id) const;

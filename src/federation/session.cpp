@@ -238,6 +238,8 @@ void PeerSession::on_frame(const Frame& frame) {
     case State::Established: break;
     default: return;
   }
+  // docs/PROTOCOL.md §3: an unknown type gets UNSUPPORTED, so peers can probe extensions.
+  if (!is_known_frame_type(frame.type)) return send_frame(encode_unsupported(frame.type));
   switch (type) {
     case FrameType::Message: return on_message(frame);
     case FrameType::Ack:
@@ -276,9 +278,7 @@ void PeerSession::on_frame(const Frame& frame) {
     case FrameType::ClaimOk:
       return close(fmt::format("{} after the session was established", frame_type_name(frame.type)),
                    ErrorCode::ProtocolViolation);
-    default:
-      // docs/PROTOCOL.md §3: an unknown type gets UNSUPPORTED, so peers can probe extensions.
-      return send_frame(encode_unsupported(frame.type));
+    case FrameType::Error: return;  // handled above, in every state
   }
 }
 
