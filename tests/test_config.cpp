@@ -79,3 +79,42 @@ TEST_CASE("zone and trust anchor files are checked with file and line", "[config
   auto empty = check_trust_anchor_file(test::testdata_dir() / "zones" / "no-soa.zone");
   REQUIRE_FALSE(empty.ok());
 }
+
+TEST_CASE("a configuration nested tens of thousands of levels deep is refused, not a stack overflow", "[config]") {
+  // Found by fuzz/fuzz_config: toml++ walks and frees its tree recursively.
+  std::string dots;
+  for (int i = 0; i < 100000; ++i) dots += "a.";
+  std::string braces(300, '{');
+  for (const std::string& text : {dots + "a = 1\n", "[" + dots + "a]\n", "[[" + dots + "a]]\n",
+                                   "x = [\n" + dots + "\n]\n", "x = " + braces + "\n"}) {
+    Result<NodeConfig> config = parse_node_config(text, "/nonexistent/deep.toml");
+    REQUIRE_FALSE(config.ok());
+    CHECK_THAT(config.error().message, Catch::StartsWith("/nonexistent/deep.toml:"));
+    CHECK_THAT(config.error().message, Catch::Contains("nested deeper than"));
+  }
+}
+
+TEST_CASE("dots in strings and comments do not count as nesting", "[config]") {
+  std::string dots(1000, '.');
+  std::string text = "# " + dots + "\n[\"" + dots + "\"] # " + dots + "\n" +  //
+                     "'" + dots + "' = \"\\\"" + dots + "\"\nb = '''\n" + dots + "\n'''\n" +
+                     "c = \"\"\"\\\"\"\"" + dots + "\"\"\"\"\nd = [1.5, 2.5, 3.5, 4.5, 5.5]\n";
+  Result<NodeConfig> config = parse_node_config(text, "/nonexistent/dots.toml");
+  REQUIRE_FALSE(config.ok());
+  CHECK_THAT(config.error().message, Catch::StartsWith("/nonexistent/dots.toml:2: unknown setting"));
+}
+
+TEST_CASE("non-ASCII text where toml++ 3.3 misreads it is refused, and read in strings and comments", "[config]") {
+  // Found by fuzz/fuzz_config: toml++ reaches __builtin_unreachable when it
+  // asks whether U+00A7 and its like are whitespace (marzer/tomlplusplus#190).
+  for (const char* text : {"x = \"\"\"\\\n\xC2\xA7\"\"\"\n", "x = \"\"\"\\ \t\r\n \n \xCF\x92\"\"\"\n",
+                           "x = 1\xCF\x92\n", "x\xC2\xA7 = 1\n", "\xCC\xAA"}) {
+    Result<NodeConfig> config = parse_node_config(text, "/nonexistent/u.toml");
+    REQUIRE_FALSE(config.ok());
+    CHECK_THAT(config.error().message, Catch::StartsWith("/nonexistent/u.toml:") && Catch::Contains("non-ASCII"));
+  }
+  Result<NodeConfig> config =
+      parse_node_config("# \xC2\xA7\nx = [\"\xC2\xA7\", '\xC2\xA7', \"\"\"\n\xC2\xA7\\n\"\"\"]\n", "/nonexistent/u.toml");
+  REQUIRE_FALSE(config.ok());
+  CHECK(config.error().message == "/nonexistent/u.toml:2: unknown setting 'x'");
+}

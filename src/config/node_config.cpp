@@ -3,6 +3,9 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include <toml++/toml.h>
 
@@ -314,6 +317,92 @@ Status read_peers(const Reader& r, const toml::array& array, std::vector<StaticP
   return ok_status();
 }
 
+// toml++ 3.3 (Debian 12's) has two faults that a file's text can reach, both
+// found by fuzz/fuzz_config, so the text is screened before it is parsed:
+//  - it walks and frees the parsed tree recursively: a document nested a few
+//    ten thousand levels deep ("a.a.a...a = 1" in some 50 KB) overflows the
+//    stack. Refused here by an upper bound on the depth each key and value
+//    would reach: header segments (twice, for [[arrays]]), then each '.', '['
+//    or '{' outside strings and comments, reset at ',' and at the end of a
+//    top-level line.
+//  - it reaches __builtin_unreachable (undefined behaviour) when it asks
+//    whether some non-ASCII characters are whitespace (marzer/tomlplusplus
+//    #190, #295): outside strings and comments, where TOML 1.0 allows no
+//    such character anyway, and after a backslash in a """string""".
+Status screen_toml_text(std::string_view text, const std::filesystem::path& path) {
+  std::vector<int> open;  // depth before each '[' or '{' still open
+  int header = 0;         // depth of the current [table]
+  int depth = 0;
+  int line = 1;
+  bool line_start = true;
+  bool in_header = false;
+  auto non_ascii = [](char c) { return static_cast<unsigned char>(c) >= 0x80; };
+  auto refuse = [&](std::string_view what) { return make_error("{}:{}: {}", path.string(), line, what); };
+  for (std::size_t i = text.starts_with("\xEF\xBB\xBF") ? 3 : 0; i < text.size(); ++i) {  // after a BOM
+    char c = text[i];
+    if (c == ' ' || c == '\t' || c == '\r') continue;
+    if (c == '\n') {
+      ++line;
+      if (in_header) {
+        header = depth;
+        in_header = false;
+      }
+      if (open.empty()) depth = header;
+      line_start = true;
+      continue;
+    }
+    bool was_line_start = std::exchange(line_start, false);
+    if (c == '#') {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+    } else if (c == '"' || c == '\'') {  // skip the string; i ends on its closing quote
+      bool multiline = text.substr(i, 3) == std::string(3, c);
+      std::string_view close = text.substr(i, multiline ? 3 : 1);
+      for (i += close.size(); i < text.size(); ++i) {
+        if (text[i] == '\\' && c == '"') {  // an escape: skip the next character
+          std::size_t next = multiline ? text.find_first_not_of(" \t\r\n", i + 1) : std::string_view::npos;
+          if (next != std::string_view::npos && non_ascii(text[next])) {
+            return refuse("a non-ASCII character after a backslash in a \"\"\"string\"\"\" (toml++ 3.3 misreads it)");
+          }
+          if (++i < text.size() && text[i] == '\n') ++line;
+        } else if (text[i] == '\n') {
+          if (!multiline) {
+            --i;  // unterminated: toml++ stops here
+            break;
+          }
+          ++line;
+        } else if (text.substr(i, close.size()) == close) {
+          i += close.size() - 1;
+          while (multiline && i + 1 < text.size() && text[i + 1] == c) ++i;  // """a"""" ends with a quote
+          break;
+        }
+      }
+    } else if (non_ascii(c)) {
+      return refuse("a non-ASCII character outside a string or comment");
+    } else if (c == '[' && was_line_start && open.empty()) {
+      in_header = true;
+      depth = 2;
+    } else if (in_header) {
+      if (c == '.') depth += 2;
+    } else if (c == '.') {
+      ++depth;
+    } else if (c == '[' || c == '{') {
+      open.push_back(depth);
+      ++depth;
+    } else if (c == ']' || c == '}') {
+      if (!open.empty()) {
+        depth = open.back();
+        open.pop_back();
+      }
+    } else if (c == ',' && !open.empty()) {
+      depth = open.back() + 1;
+    }
+    if (depth > kMaxConfigNesting) {
+      return refuse(fmt::format("tables or arrays nested deeper than {} levels", kMaxConfigNesting));
+    }
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
@@ -321,10 +410,14 @@ Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
   if (!file) return make_error("{}: cannot read the configuration file", path.string());
   std::stringstream text;
   text << file.rdbuf();
+  return parse_node_config(text.str(), path);
+}
 
+Result<NodeConfig> parse_node_config(std::string_view text, const std::filesystem::path& path) {
+  if (Status s = screen_toml_text(text, path); !s) return s.error();
   toml::table root;
   try {
-    root = toml::parse(text.str(), path.string());
+    root = toml::parse(text, path.string());
   } catch (const toml::parse_error& e) {
     return make_error("{}:{}: {}", path.string(), e.source().begin.line, e.description());
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string_view>
 
 #include "common/log.h"
 #include "common/result.h"
@@ -39,5 +40,15 @@ struct NodeConfig {
 /// types and ranges, readable zone and trust anchor files (relative paths are
 /// taken from the config file's directory). Errors name the file and line.
 Result<NodeConfig> load_node_config(const std::filesystem::path& path);
+
+/// The same checks on configuration text already in memory (the fuzzer's
+/// entry point). `path` names the file in errors, and relative zone, trust
+/// anchor and key file names are taken from its directory; the text itself
+/// is not read from it.
+Result<NodeConfig> parse_node_config(std::string_view text, const std::filesystem::path& path);
+
+/// Text whose tables and arrays could nest deeper than this is refused before
+/// toml++ parses it (toml++ recurses over the tree; a real file needs ~4).
+inline constexpr int kMaxConfigNesting = 128;
 
 }  // namespace keyfed
