@@ -81,12 +81,14 @@ TEST_CASE("zone and trust anchor files are checked with file and line", "[config
 }
 
 TEST_CASE("a configuration nested tens of thousands of levels deep is refused, not a stack overflow", "[config]") {
-  // Found by fuzz/fuzz_config: toml++ walks and frees its tree recursively.
+  // Found while writing fuzz/fuzz_config: toml++ walks and frees its tree recursively.
   std::string dots;
   for (int i = 0; i < 100000; ++i) dots += "a.";
-  std::string braces(300, '{');
+  std::string tables;
+  for (int i = 0; i < 300; ++i) tables += "{a=";
   for (const std::string& text : {dots + "a = 1\n", "[" + dots + "a]\n", "[[" + dots + "a]]\n",
-                                   "x = [\n" + dots + "\n]\n", "x = " + braces + "\n"}) {
+                                   "x = [\n" + dots + "\n]\n", "x = " + std::string(300, '[') + "\n",
+                                   "x = " + tables + "\n"}) {
     Result<NodeConfig> config = parse_node_config(text, "/nonexistent/deep.toml");
     REQUIRE_FALSE(config.ok());
     CHECK_THAT(config.error().message, Catch::StartsWith("/nonexistent/deep.toml:"));
@@ -108,13 +110,18 @@ TEST_CASE("non-ASCII text where toml++ 3.3 misreads it is refused, and read in s
   // Found by fuzz/fuzz_config: toml++ reaches __builtin_unreachable when it
   // asks whether U+00A7 and its like are whitespace (marzer/tomlplusplus#190).
   for (const char* text : {"x = \"\"\"\\\n\xC2\xA7\"\"\"\n", "x = \"\"\"\\ \t\r\n \n \xCF\x92\"\"\"\n",
-                           "x = 1\xCF\x92\n", "x\xC2\xA7 = 1\n", "\xCC\xAA"}) {
+                           "x = 1\xCF\x92\n", "x\xC2\xA7 = 1\n", "\xCC\xAA",
+                           // toml++ scans a bare value up to a space, ',', ']', '}' or '#', quotes and all
+                           "r = -e9=\"a0\xCF\x85\"\n", "x = 1[\"\xC2\xA7\"]\n"}) {
     Result<NodeConfig> config = parse_node_config(text, "/nonexistent/u.toml");
     REQUIRE_FALSE(config.ok());
     CHECK_THAT(config.error().message, Catch::StartsWith("/nonexistent/u.toml:") && Catch::Contains("non-ASCII"));
   }
   Result<NodeConfig> config =
-      parse_node_config("# \xC2\xA7\nx = [\"\xC2\xA7\", '\xC2\xA7', \"\"\"\n\xC2\xA7\\n\"\"\"]\n", "/nonexistent/u.toml");
+      parse_node_config("# \xC2\xA7\nx = [\"\xC2\xA7\", '\xC2\xA7', \"\"\"\n\xC2\xA7\\n\"\"\"] # \xC2\xA7\n"
+                        "y = { \"\xC2\xA7\" = '\xC2\xA7', z = [ { a.\"\xC2\xA7\" = '''\xC2\xA7''' } ] }\n"
+                        "[\"\xC2\xA7\" . '\xC2\xA7']\n",
+                        "/nonexistent/u.toml");
   REQUIRE_FALSE(config.ok());
   CHECK(config.error().message == "/nonexistent/u.toml:2: unknown setting 'x'");
 }

@@ -317,25 +317,38 @@ Status read_peers(const Reader& r, const toml::array& array, std::vector<StaticP
   return ok_status();
 }
 
-// toml++ 3.3 (Debian 12's) has two faults that a file's text can reach, both
-// found by fuzz/fuzz_config, so the text is screened before it is parsed:
-//  - it walks and frees the parsed tree recursively: a document nested a few
+}  // namespace
+
+// toml++ 3.3 (Debian 12's) has two faults that a file's text can reach (found
+// with fuzz/fuzz_config), so the text is screened before it is parsed:
+//  - It walks and frees the parsed tree recursively: a document nested a few
 //    ten thousand levels deep ("a.a.a...a = 1" in some 50 KB) overflows the
 //    stack. Refused here by an upper bound on the depth each key and value
-//    would reach: header segments (twice, for [[arrays]]), then each '.', '['
-//    or '{' outside strings and comments, reset at ',' and at the end of a
-//    top-level line.
-//  - it reaches __builtin_unreachable (undefined behaviour) when it asks
+//    would reach: header segments (twice, for [[arrays]]), then each '.' and
+//    each '[' or '{' that opens an array or inline table, reset at ',' and at
+//    the end of a top-level line.
+//  - It reaches __builtin_unreachable (undefined behaviour) when it asks
 //    whether some non-ASCII characters are whitespace (marzer/tomlplusplus
-//    #190, #295): outside strings and comments, where TOML 1.0 allows no
-//    such character anyway, and after a backslash in a """string""".
-Status screen_toml_text(std::string_view text, const std::filesystem::path& path) {
-  std::vector<int> open;  // depth before each '[' or '{' still open
-  int header = 0;         // depth of the current [table]
+//    #190, #295), which it does for every character outside strings and
+//    comments, and for the first one after a backslash in a """string""".
+//    TOML 1.0 allows non-ASCII only in strings and comments, so elsewhere it
+//    is refused here; the catch is knowing where toml++ sees a string: only
+//    where a key or value may start. A quote inside a bare value ("-x="...)
+//    is no string to toml++, which scans the whole value up to a space, ',',
+//    ']', '}' or '#'.
+Status screen_config_text(std::string_view text, const std::filesystem::path& path) {
+  struct Open {
+    char bracket;  // '[' array or '{' inline table
+    int depth;     // depth before it
+  };
+  std::vector<Open> open;
+  int header = 0;  // depth of the current [table]
   int depth = 0;
   int line = 1;
-  bool line_start = true;
   bool in_header = false;
+  bool in_key = true;         // keys (or a header) here, else values
+  bool token_start = true;    // a key, value or string may start here
+  bool top_line_start = true; // nothing yet on this top-level line
   auto non_ascii = [](char c) { return static_cast<unsigned char>(c) >= 0x80; };
   auto refuse = [&](std::string_view what) { return make_error("{}:{}: {}", path.string(), line, what); };
   for (std::size_t i = text.starts_with("\xEF\xBB\xBF") ? 3 : 0; i < text.size(); ++i) {  // after a BOM
@@ -347,14 +360,19 @@ Status screen_toml_text(std::string_view text, const std::filesystem::path& path
         header = depth;
         in_header = false;
       }
-      if (open.empty()) depth = header;
-      line_start = true;
+      if (open.empty()) {
+        depth = header;
+        in_key = token_start = top_line_start = true;
+      }
       continue;
     }
-    bool was_line_start = std::exchange(line_start, false);
+    bool line_start = std::exchange(top_line_start, false);
+    bool start = std::exchange(token_start, false);
     if (c == '#') {
       while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
-    } else if (c == '"' || c == '\'') {  // skip the string; i ends on its closing quote
+      token_start = start;
+      top_line_start = line_start;
+    } else if ((c == '"' || c == '\'') && start) {  // skip the string; i ends on its closing quote
       bool multiline = text.substr(i, 3) == std::string(3, c);
       std::string_view close = text.substr(i, multiline ? 3 : 1);
       for (i += close.size(); i < text.size(); ++i) {
@@ -378,23 +396,32 @@ Status screen_toml_text(std::string_view text, const std::filesystem::path& path
       }
     } else if (non_ascii(c)) {
       return refuse("a non-ASCII character outside a string or comment");
-    } else if (c == '[' && was_line_start && open.empty()) {
+    } else if (c == '[' && line_start && open.empty()) {
       in_header = true;
       depth = 2;
+      token_start = true;
     } else if (in_header) {
       if (c == '.') depth += 2;
+      token_start = c == '.' || c == '[';
     } else if (c == '.') {
       ++depth;
-    } else if (c == '[' || c == '{') {
-      open.push_back(depth);
+      token_start = in_key;
+    } else if ((c == '[' || c == '{') && start && !in_key) {
+      open.push_back({c, depth});
       ++depth;
-    } else if (c == ']' || c == '}') {
-      if (!open.empty()) {
-        depth = open.back();
-        open.pop_back();
-      }
+      in_key = c == '{';
+      token_start = true;
+    } else if ((c == ']' || c == '}') && !open.empty()) {
+      depth = open.back().depth;
+      open.pop_back();
+      in_key = false;
     } else if (c == ',' && !open.empty()) {
-      depth = open.back() + 1;
+      depth = open.back().depth + 1;
+      in_key = open.back().bracket == '{';
+      token_start = true;
+    } else if (c == '=' && in_key) {
+      in_key = false;
+      token_start = true;
     }
     if (depth > kMaxConfigNesting) {
       return refuse(fmt::format("tables or arrays nested deeper than {} levels", kMaxConfigNesting));
@@ -402,8 +429,6 @@ Status screen_toml_text(std::string_view text, const std::filesystem::path& path
   }
   return ok_status();
 }
-
-}  // namespace
 
 Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
   std::ifstream file(path);
@@ -414,7 +439,7 @@ Result<NodeConfig> load_node_config(const std::filesystem::path& path) {
 }
 
 Result<NodeConfig> parse_node_config(std::string_view text, const std::filesystem::path& path) {
-  if (Status s = screen_toml_text(text, path); !s) return s.error();
+  if (Status s = screen_config_text(text, path); !s) return s.error();
   toml::table root;
   try {
     root = toml::parse(text, path.string());

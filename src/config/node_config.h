@@ -51,4 +51,10 @@ Result<NodeConfig> parse_node_config(std::string_view text, const std::filesyste
 /// toml++ parses it (toml++ recurses over the tree; a real file needs ~4).
 inline constexpr int kMaxConfigNesting = 128;
 
+/// The check parse_node_config() makes before toml++ sees the text: refuses
+/// nesting deeper than kMaxConfigNesting, and non-ASCII characters where
+/// toml++ 3.3 has undefined behaviour (outside strings and comments, and
+/// after a backslash in a """string"""). Errors name `path` and the line.
+Status screen_config_text(std::string_view text, const std::filesystem::path& path);
+
 }  // namespace keyfed
