@@ -4,6 +4,7 @@
 #include <set>
 #include <sstream>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -57,6 +58,19 @@ class Reader {
     return p.is_absolute() ? p : path_.parent_path() / p;
   }
 
+  // A zone or trust anchor file that exists must be a regular file: reading a
+  // directory never reaches end of file, so the record loop in
+  // resolver_config.cpp would spin forever (found by fuzz/fuzz_config), and a
+  // FIFO or terminal blocks. Missing files are left to that loop's error.
+  Status regular_if_present(const toml::node& node, const std::filesystem::path& file) const {
+    std::error_code ec;
+    std::filesystem::file_status status = std::filesystem::status(file, ec);
+    if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+      return at(node, fmt::format("{}: not a regular file", file.string()));
+    }
+    return ok_status();
+  }
+
  private:
   std::filesystem::path path_;
 };
@@ -82,6 +96,7 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
     Result<std::string> anchor = r.string(*node, "trust_anchor");
     if (!anchor) return anchor.error();
     out.trust_anchor = r.relative_to_file(*anchor);
+    if (Status s = r.regular_if_present(*node, out.trust_anchor); !s) return s;
     if (Status s = check_trust_anchor_file(out.trust_anchor); !s) return r.at(*node, s.error().message);
   } else if (out.mode == ResolverMode::Production) {
     out.trust_anchor = kDefaultRootTrustAnchor;
@@ -94,6 +109,7 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
     for (const toml::node& item : *zones) {
       Result<std::string> file = r.string(item, "zones");
       if (!file) return file.error();
+      if (Status s = r.regular_if_present(item, r.relative_to_file(*file)); !s) return s.error();
       Result<ZoneFile> zone = inspect_zone_file(r.relative_to_file(*file));
       if (!zone) return r.at(item, zone.error().message);
       out.zones.push_back(std::move(zone).value());
