@@ -15,6 +15,7 @@ namespace {
 
 constexpr std::size_t kEd25519KeyLength = 32;
 constexpr std::size_t kP256KeyLength = 64;  // X || Y, RFC 6605 section 4
+constexpr std::size_t kMaxSkippedRecordText = 200;
 
 // The encodings of the eight points of small order, sign bit cleared: y = 0
 // (order 4), 1 (the identity), p-1 (order 2), and the two y of the points of
@@ -249,6 +250,9 @@ KeyRecordSet parse_key_records(const ldns_rr_list* rrs) {
     MallocString text(ldns_rr2str(rr));
     std::string record = text ? text.get() : "(unprintable KEY record)";
     while (!record.empty() && (record.back() == '\n' || record.back() == ' ')) record.pop_back();
+    // A KEY's RDATA may be 64 KiB; what is kept of a record that is only
+    // reported is bounded (docs/SECURITY.md, "Budgets").
+    if (record.size() > kMaxSkippedRecordText) record = record.substr(0, kMaxSkippedRecordText) + "...";
     out.skipped.push_back({std::move(record), key.error().message});
   }
   return out;
