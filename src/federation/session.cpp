@@ -338,7 +338,7 @@ void PeerSession::on_message(const Frame& frame) {
   if (!node_.take_message_token(info.peer_domain)) {
     return nack(NackCode::RateLimited, fmt::format("more than {} messages per second", node_.settings_.limits.message_rate));
   }
-  auto routing = parse_cpim_routing(message->cpim);
+  auto routing = parse_cpim(message->cpim);
   if (!routing) return nack(NackCode::MalformedMessage, routing.error().message);
   // docs/PROTOCOL.md §5, sender binding: the sender's domain is the peer's.
   if (routing->from.domain != info.peer_domain) {
@@ -357,8 +357,8 @@ void PeerSession::on_message(const Frame& frame) {
 void PeerSession::on_presence(const Frame& frame) {
   auto request = parse_presence(frame.payload);
   if (!request) return close(request.error().message, ErrorCode::ProtocolViolation);
-  auto watcher = parse_im_uri(request->watcher);
-  auto presentity = parse_im_uri(request->presentity);
+  auto watcher = parse_user_uri(request->watcher, UriScheme::Pres);
+  auto presentity = parse_user_uri(request->presentity, UriScheme::Pres);
   bool allowed = watcher && presentity && watcher->domain == info.peer_domain &&
                  node_.identity(presentity->domain) != nullptr;
   if (!allowed) {
@@ -381,7 +381,7 @@ void PeerSession::on_presence(const Frame& frame) {
 void PeerSession::on_notify(const Frame& frame) {
   auto notify = parse_notify(frame.payload);
   if (!notify) return close(notify.error().message, ErrorCode::ProtocolViolation);
-  auto presentity = parse_im_uri(notify->presentity);
+  auto presentity = parse_user_uri(notify->presentity, UriScheme::Pres);
   if (!presentity || presentity->domain != info.peer_domain) {
     log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not of the peer domain", info.id,
            info.peer_domain, notify->presentity);
