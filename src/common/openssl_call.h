@@ -59,6 +59,7 @@ struct SslIo {
   int result = 0;
   int error = SSL_ERROR_NONE;  ///< SSL_get_error() when result <= 0
   std::string reason;          ///< OpenSSL's reasons when error is SSL_ERROR_SSL or SYSCALL
+  unsigned long code = 0;      ///< the first error code the call queued (ERR_GET_REASON() of it)
 
   /// The call needs more bytes from, or room towards, the peer: not a failure.
   bool would_block() const { return error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE; }
@@ -71,6 +72,7 @@ SslIo ssl_io(const SSL* ssl, Call&& call) {
   ERR_clear_error();
   io.result = std::forward<Call>(call)();
   if (io.result <= 0) io.error = SSL_get_error(ssl, io.result);
+  io.code = ERR_peek_error();
   io.reason = drain_openssl_errors();
   if (io.reason.empty() && io.failed()) {
     io.reason = io.error == SSL_ERROR_SYSCALL ? "connection broken" : "TLS failure";

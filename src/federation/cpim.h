@@ -142,8 +142,5 @@ Status check_required(const CpimMessage& message, std::span<const CpimHeaderName
 /// Static storage; for check_required by callers that implement IMDN.
 std::span<const CpimHeaderName> imdn_header_names();
 
-/// Transitional name for DeliveredMessage::routing (federation/node.h): the
-/// whole parsed message. To be dropped once node.h says CpimMessage.
-using CpimRouting = CpimMessage;
 
 }  // namespace keyfed
