@@ -267,34 +267,34 @@ Result<TlsClientContext> TlsClientContext::create(TlsOptions options) {
 
 // ---- building blocks -------------------------------------------------------------
 
-Result<int> start_connect(const ConnectOptions& options) {
+StartedConnect start_connect(const ConnectOptions& options) {
+  ignore_sigpipe_once();
+  auto fail = [&](int fd, int error, std::string detail) {
+    if (fd >= 0) ::close(fd);
+    return StartedConnect{-1, error, std::move(detail)};
+  };
   auto to = parse_address(options.address, options.port);
-  if (!to) return to.error();
+  if (!to) return fail(-1, EINVAL, to.error().message);
   int fd = ::socket(to->storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return make_error("socket: {}", std::strerror(errno));
+  if (fd < 0) return fail(-1, errno, fmt::format("socket: {}", std::strerror(errno)));
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (!options.from.empty()) {
     auto from = parse_address(options.from, 0);
-    if (!from) {
-      ::close(fd);
-      return from.error();
-    }
+    if (!from) return fail(fd, EINVAL, from.error().message);
     // Let connect() pick the port for the whole 4-tuple, not bind(): many
     // connections from one address to one node need it.
     ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     if (::bind(fd, from->get(), from->length) != 0) {
       int e = errno;
-      ::close(fd);
-      return make_error("bind {}: {}", options.from, std::strerror(e));
+      return fail(fd, e, fmt::format("bind {}: {}", options.from, std::strerror(e)));
     }
   }
   if (::connect(fd, to->get(), to->length) != 0 && errno != EINPROGRESS) {
     int e = errno;
-    ::close(fd);
-    return make_error("connect {}: {}", describe(options), std::strerror(e));
+    return fail(fd, e, fmt::format("connect {}: {}", describe(options), std::strerror(e)));
   }
-  return fd;
+  return StartedConnect{fd, 0, ""};
 }
 
 Result<SslPtr> new_client_ssl(const TlsClientContext& context, int fd) {
@@ -312,15 +312,14 @@ Result<SslPtr> new_client_ssl(const TlsClientContext& context, int fd) {
 // ---- HostilePeer: lifetime -------------------------------------------------------
 
 Result<HostilePeer> HostilePeer::connect(const ConnectOptions& options) {
-  ignore_sigpipe_once();
-  auto fd = start_connect(options);
-  if (!fd) return fd.error();
-  HostilePeer peer(*fd);
-  short revents = wait_fd(*fd, POLLOUT, Clock::now() + options.timeout);
+  StartedConnect started = start_connect(options);
+  if (!started.ok()) return make_error("{}", started.detail);
+  HostilePeer peer(started.fd);
+  short revents = wait_fd(started.fd, POLLOUT, Clock::now() + options.timeout);
   if (revents == 0) return make_error("connect {}: no answer within {} ms", describe(options), options.timeout.count());
   int err = 0;
   socklen_t len = sizeof err;
-  ::getsockopt(*fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  ::getsockopt(started.fd, SOL_SOCKET, SO_ERROR, &err, &len);
   if (err != 0) return make_error("connect {}: {}", describe(options), std::strerror(err));
   return peer;
 }

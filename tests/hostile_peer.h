@@ -15,9 +15,10 @@
 // call").
 //
 // A HostilePeer is one connection, owned by one thread at a time. The first
-// HostilePeer::connect() sets SIGPIPE to ignored if it still has its default
-// disposition (as Node::create does): OpenSSL writes to the socket with
-// write(2), and a peer that closed must be an error value, not a dead process.
+// connect (HostilePeer::connect or start_connect) sets SIGPIPE to ignored if it
+// still has its default disposition (as Node::create does): OpenSSL writes to
+// the socket with write(2), and a node that closed must be an error value, not
+// a dead process.
 //
 // Typical use, from a test thread:
 //
@@ -381,9 +382,18 @@ Result<HostilePeer> connect_and_claim(const ConnectOptions& connect, const TlsCl
 
 // ---- building blocks for multiplexing tools (bench/keyfed_load) ------------
 
-/// A non-blocking TCP socket, bound to `from` (if set), whose connect has been
-/// started (it may already be connected). The caller owns the fd.
-Result<int> start_connect(const ConnectOptions& options);
+/// A connect started on a non-blocking socket.
+struct StartedConnect {
+  int fd = -1;         ///< owned by the caller; -1 on failure
+  int error = 0;       ///< errno of the failing call (ECONNREFUSED, EADDRNOTAVAIL, ...)
+  std::string detail;  ///< for a person
+  bool ok() const { return fd >= 0; }
+};
+
+/// A non-blocking TCP socket with TCP_NODELAY, bound to `from` (if set),
+/// whose connect has been started (it may already be connected: poll for
+/// POLLOUT and read SO_ERROR). Sets SIGPIPE to ignored (see above).
+StartedConnect start_connect(const ConnectOptions& options);
 
 /// Applies the per-connection options (SNI) to a new SSL made from `context`,
 /// attached to fd, in connect state. Empty error queue on return.
