@@ -141,7 +141,7 @@ TEST_CASE("hostile peer: a PING sent one TLS record per byte gets its PONG; neve
     std::vector<std::uint8_t> token = {1, 2, 3};
     if (!peer->send(encode_ping(token), Pacing::byte_by_byte())) return;
     pong = peer->read_frame(3s);
-    flood = peer->flood([&](std::uint64_t) { return encode_ping(token); }, 1s, 200ms);
+    flood = peer->flood([&](std::uint64_t) { return encode_ping(token); }, 1s, 50ms);
     // A frame the node must refuse, then everything until it closes.
     std::vector<std::uint8_t> claim_again = encode_claim("beta.test");
     (void)peer->send(claim_again);
