@@ -299,8 +299,10 @@ class HostilePeer {
   /// A peer that never reads: writes chunk after chunk from `next_chunk`
   /// (called with 0, 1, 2, ...; each chunk may hold many frames) and never
   /// reads, until the send buffer stays full for `stall`, the node closes,
-  /// or `limit` passes. After a full buffer the connection is left as it is;
-  /// use wait_closed() to see whether the node cuts it off.
+  /// or `limit` passes. After a full buffer the unfinished TLS record is kept
+  /// and written first by the next flood() or send(), so flooding can go on
+  /// in slices. (wait_closed() reads: a peer that must never read can poll
+  /// fd() for POLLRDHUP instead.)
   FloodResult flood(const std::function<std::vector<std::uint8_t>(std::uint64_t)>& next_chunk, Millis stall,
                     Millis limit);
 
