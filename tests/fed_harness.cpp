@@ -186,6 +186,30 @@ void run_script(const RawClientScript& script, RawClientResult& result) {
 
 }  // namespace
 
+void run_on_thread(TestLoop& loop, const std::function<void()>& body, std::chrono::milliseconds limit) {
+  std::atomic<bool> done{false};
+  // The loop only wakes on events; a short repeating timer lets it notice
+  // that the thread has finished.
+  uv_timer_t tick;
+  uv_timer_init(loop.get(), &tick);
+  uv_timer_start(&tick, [](uv_timer_t*) {}, 5, 5);
+  std::thread thread([&] {
+    body();
+    done = true;
+  });
+  struct Cleanup {  // also when run_until fails the test (it throws)
+    TestLoop& loop;
+    uv_timer_t& tick;
+    std::thread& thread;
+    ~Cleanup() {
+      if (thread.joinable()) thread.join();
+      uv_close(reinterpret_cast<uv_handle_t*>(&tick), nullptr);
+      uv_run(loop.get(), UV_RUN_NOWAIT);
+    }
+  } cleanup{loop, tick, thread};
+  loop.run_until([&] { return done.load(); }, limit);
+}
+
 RawClient::RawClient(RawClientScript script) : script_(std::move(script)) {
   thread_ = std::thread([this] {
     run_script(script_, result_);

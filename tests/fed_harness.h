@@ -44,6 +44,13 @@ struct FedNode {
 /// A CPIM message (RFC 3862) from `from` to `to`.
 std::string cpim_message(const std::string& from, const std::string& to, const std::string& text);
 
+/// Runs `body` on its own thread while `loop` runs on this one, and returns
+/// once body has returned: how a blocking client (hostile::HostilePeer) talks
+/// to a FedNode. No Catch2 assertions inside body: keep its results in
+/// variables and check them afterwards.
+void run_on_thread(TestLoop& loop, const std::function<void()>& body,
+                   std::chrono::milliseconds limit = std::chrono::seconds(30));
+
 /// What a raw client should do; runs on its own thread with blocking I/O.
 struct RawClientScript {
   int port = 0;

@@ -1,22 +1,15 @@
-// Wire protocol frames (docs/PROTOCOL.md) and CPIM routing headers.
+// Wire protocol frames (docs/PROTOCOL.md). CPIM is in test_cpim.cpp.
 #include <fstream>
 #include <sstream>
 
 #include <catch2/catch.hpp>
 
-#include "federation/cpim.h"
 #include "federation/frames.h"
 #include "harness.h"
 
 using namespace keyfed;
 
 namespace {
-
-std::vector<std::uint8_t> read_bytes(const std::string& name) {
-  std::ifstream in(test::testdata_dir() / "cpim" / name, std::ios::binary);
-  REQUIRE(in);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 Frame only_frame(const std::vector<std::uint8_t>& bytes) {
   FrameReader reader(kHardMaxFrameSize);
@@ -104,25 +97,4 @@ TEST_CASE("truncated payloads are errors, not crashes", "[frames]") {
   CHECK_FALSE(parse_message(std::vector<std::uint8_t>{1}).ok());
   CHECK_FALSE(parse_claim({}).ok());
   CHECK_FALSE(is_known_frame_type(0x55));
-}
-
-TEST_CASE("CPIM routing headers from testdata/cpim", "[cpim]") {
-  auto example = parse_cpim_routing(read_bytes("rfc3862-example.cpim"));
-  REQUIRE(example.ok());
-  CHECK(example->from.uri == "im:piglet@100akerwood.com");
-  CHECK(example->from.domain == "100akerwood.com");
-  CHECK(example->to.at(0).user == "eeyore");
-
-  auto two = parse_cpim_routing(read_bytes("two-to-lf.cpim"));
-  REQUIRE(two.ok());
-  CHECK(two->to.size() == 2);
-
-  for (auto [file, reason] : {std::pair{"no-from.cpim", "no From header"},
-                              std::pair{"wrong-scheme.cpim", "not an im: or pres: URI"},
-                              std::pair{"unterminated.cpim", "do not end with an empty line"}}) {
-    INFO(file);
-    auto r = parse_cpim_routing(read_bytes(file));
-    REQUIRE_FALSE(r.ok());
-    CHECK_THAT(r.error().message, Catch::Contains(reason));
-  }
 }

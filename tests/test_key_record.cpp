@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <openssl/err.h>
+
 #include "common/c_handles.h"
 #include "dnskey/key_record.h"
 #include "harness.h"
@@ -87,4 +89,41 @@ TEST_CASE("the SPKI fingerprint of a key matches what OpenSSL computes for the s
   CHECK(to_hex(prefix) == "302a300506032b6570032100");
   std::vector<std::uint8_t> tail(key->spki_der.begin() + 12, key->spki_der.end());
   CHECK(tail == key->public_key);
+}
+
+TEST_CASE("small-order Ed25519 keys are refused: with the identity point a forged signature verifies",
+          "[key_record][ed25519]") {
+  // The identity point (y = 1). OpenSSL takes it as a public key, and the
+  // "signature" R = identity, S = 0 verifies for any message: [S]B = R + [k]A
+  // is O = O + O. Nobody holds a private key for it.
+  std::array<std::uint8_t, 32> identity{};
+  identity[0] = 1;
+  EvpPkeyPtr raw(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, identity.data(), identity.size()));
+  REQUIRE(raw);
+  std::array<std::uint8_t, 64> forged{};
+  forged[0] = 1;
+  const std::string message = "CertificateVerify of a TLS handshake";
+  EvpMdCtxPtr md(EVP_MD_CTX_new());
+  REQUIRE(EVP_DigestVerifyInit(md.get(), nullptr, nullptr, nullptr, raw.get()) == 1);
+  CHECK(EVP_DigestVerify(md.get(), forged.data(), forged.size(), reinterpret_cast<const unsigned char*>(message.data()),
+                         message.size()) == 1);
+
+  Result<FederationKey> key = make_federation_key(kKeyFlagsEntity, kKeyProtocolTls, kAlgorithmEd25519, identity);
+  REQUIRE_FALSE(key.ok());
+  CHECK_THAT(key.error().message, Catch::Contains("small order"));
+}
+
+TEST_CASE("a refused KEY record leaves nothing on OpenSSL's error queue", "[key_record][openssl]") {
+  // An off-curve P-256 point makes OpenSSL queue errors; a session reading
+  // SSL_get_error() next would take them for its own (docs/SECURITY.md).
+  std::vector<std::uint8_t> off_curve(64);
+  for (std::size_t i = 0; i < off_curve.size(); ++i) off_curve[i] = static_cast<std::uint8_t>(i + 1);
+  ERR_clear_error();
+  Result<FederationKey> key = make_federation_key(kKeyFlagsEntity, kKeyProtocolTls, kAlgorithmEcdsaP256, off_curve);
+  REQUIRE_FALSE(key.ok());
+  CHECK(ERR_peek_error() == 0);
+  std::array<std::uint8_t, 32> bad{};
+  bad[0] = 2;  // not on the curve
+  CHECK_FALSE(make_federation_key(kKeyFlagsEntity, kKeyProtocolTls, kAlgorithmEd25519, bad).ok());
+  CHECK(ERR_peek_error() == 0);
 }

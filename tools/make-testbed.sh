@@ -48,9 +48,34 @@ fed_pubkey() { # kind name
   esac
 }
 
-# Replaces every @ED25519:name@ and @P256:name@ in a template.
+# N KEY records at OWNER with random 32-byte keys, base64 by awk (no
+# process per record).
+random_keys() { # owner count
+  head -c $((32 * $2)) /dev/urandom | od -An -v -tx1 | tr -d ' \n' | fold -w 64 | awk -v owner="$1" '
+    BEGIN { b = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+            for (i = 0; i < 16; i++) h[sprintf("%x", i)] = i }
+    { s = ""; n = length($0) / 2
+      for (i = 0; i < n; i++) byte[i] = h[substr($0, 2 * i + 1, 1)] * 16 + h[substr($0, 2 * i + 2, 1)]
+      for (i = 0; i < n; i += 3) {
+        v = byte[i] * 65536 + (i + 1 < n ? byte[i + 1] : 0) * 256 + (i + 2 < n ? byte[i + 2] : 0)
+        s = s substr(b, int(v / 262144) % 64 + 1, 1) substr(b, int(v / 4096) % 64 + 1, 1)
+        s = s (i + 1 < n ? substr(b, int(v / 64) % 64 + 1, 1) : "=") (i + 2 < n ? substr(b, v % 64 + 1, 1) : "=")
+      }
+      print owner " 300 IN KEY 512 1 15 " s }'
+}
+
+# Replaces every @ED25519:name@ and @P256:name@ in a template, and every
+# @RANDOMKEYS:owner:N@ line by N KEY records of random 32-byte keys at owner
+# (many are not even curve points: they are there to be refused unread).
 fill_keys() { # in out
   cp "$1" "$2"
+  local line owner count
+  while read -r line; do
+    owner=${line#@RANDOMKEYS:}; count=${owner##*:}; count=${count%@}; owner=${owner%:*}
+    random_keys "$owner" "$count" > "$2.random"
+    awk -v ph="$line" -v f="$2.random" '$0 == ph { while ((getline l < f) > 0) print l; next } { print }' "$2" > "$2.tmp"
+    mv "$2.tmp" "$2"; rm -f "$2.random"
+  done < <(grep -oE '^@RANDOMKEYS:[^@]+@$' "$1" || true)
   local ph kind name b64
   for ph in $(grep -oE '@(ED25519|P256):[A-Za-z0-9_-]+@' "$1" | sort -u); do
     kind=${ph#@}; kind=${kind%%:*}; name=${ph#*:}; name=${name%@}
@@ -150,7 +175,8 @@ node_config alpha.test alpha-1 25301 > "$out/node-alpha.toml"
 node_config beta.test beta-new 25302 alpha.test 25301 > "$out/node-beta.toml"
 
 printf '%s\n' alpha.test beta.test gamma.test nokey.test absent.test unsupported.test mixed.test \
-  insecure.test expired.test tampered.test badds.test > "$out/domains.txt"
+  insecure.test expired.test tampered.test badds.test alias.test dname.test x.wild.test x.many.wild.test \
+  > "$out/domains.txt"
 chmod 0644 "$out"/*.zone* "$out/trust-anchor.ds" "$out"/*.toml "$out/domains.txt"
 rm -rf "$out/work"
 echo "make-testbed: ${#zones[@]} zones in $out"

@@ -107,7 +107,9 @@ nlohmann::json to_json(const CachedKeys& entry, TimePoint now) {
                         {"keys", std::move(keys)},
                         {"ttl", a.ttl},
                         {"expires_in", entry.remaining_seconds(now)},
-                        {"skipped", std::move(skipped)}};
+                        {"skipped", std::move(skipped)},
+                        {"aliases", a.aliases},
+                        {"wildcard", a.wildcard}};
   if (!a.reason.empty()) out["reason"] = a.reason;
   return out;
 }
@@ -128,6 +130,8 @@ void print_table(std::ostream& out, const std::vector<std::shared_ptr<const Cach
     for (const SkippedRecord& s : a.skipped) {
       out << fmt::format("    skipped  {}: {}\n", s.reason, s.record);
     }
+    for (const std::string& alias : a.aliases) out << fmt::format("    via      alias {}\n", alias);
+    if (a.wildcard) out << "    via      wildcard\n";
     if (!a.reason.empty()) out << fmt::format("    reason   {}\n", a.reason);
   }
 }
@@ -194,7 +198,7 @@ ExitStatus run_lookup(const LookupOptions& options, std::ostream& out, std::ostr
   if (options.json) {
     nlohmann::json report = nlohmann::json::array();
     for (const auto& entry : *answers) report.push_back(to_json(*entry, now));
-    out << report.dump(2) << "\n";
+    out << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     print_table(out, *answers, now);
   }

@@ -39,7 +39,7 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
   std::ifstream file(options.message_file, std::ios::binary);
   if (!file) return fail(ExitStatus::BadInput, options.message_file + ": cannot read the message");
   std::vector<std::uint8_t> cpim{std::istreambuf_iterator<char>(file), {}};
-  Result<CpimRouting> routing = parse_cpim_routing(cpim);
+  Result<CpimMessage> routing = parse_cpim(cpim);
   if (!routing) return fail(ExitStatus::BadInput, options.message_file + ": " + routing.error().message);
   const std::string& from = routing->from.domain;
   const std::string& to = routing->to.front().domain;

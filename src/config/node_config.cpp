@@ -77,7 +77,8 @@ class Reader {
 
 Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& out) {
   if (Status s = r.only_known(table, "resolver",
-                              {"mode", "trust_anchor", "zones", "forwarders", "query_timeout_ms"});
+                              {"mode", "trust_anchor", "zones", "forwarders", "query_timeout_ms", "max_key_records",
+                               "upstream_ratelimit"});
       !s) {
     return s;
   }
@@ -129,6 +130,16 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
     if (!ms) return ms.error();
     out.query_timeout = std::chrono::milliseconds{*ms};
   }
+  if (const toml::node* node = table.get("max_key_records")) {
+    auto v = r.integer(*node, "max_key_records", 1, static_cast<std::int64_t>(kMaxMaxKeyRecords));
+    if (!v) return v.error();
+    out.max_key_records = static_cast<std::size_t>(*v);
+  }
+  if (const toml::node* node = table.get("upstream_ratelimit")) {
+    auto v = r.integer(*node, "upstream_ratelimit", 0, 1000000);
+    if (!v) return v.error();
+    out.upstream_ratelimit = static_cast<unsigned>(*v);
+  }
   if (out.mode == ResolverMode::Testbed && out.zones.empty()) {
     return r.at(table, "[resolver] in testbed mode needs at least one file in 'zones'");
   }
@@ -138,7 +149,7 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
 
 Status read_key_cache(const Reader& r, const toml::table& table, KeyCacheConfig& out) {
   if (Status s = r.only_known(table, "key_cache",
-                              {"min_ttl", "max_ttl", "failure_ttl", "prefetch_ratio", "max_entries"});
+                              {"min_ttl", "max_ttl", "failure_ttl", "prefetch_ratio", "max_entries", "max_bytes"});
       !s) {
     return s;
   }
@@ -159,6 +170,11 @@ Status read_key_cache(const Reader& r, const toml::table& table, KeyCacheConfig&
     auto v = r.integer(*node, "max_entries", 1, 100000000);
     if (!v) return v.error();
     out.max_entries = static_cast<std::size_t>(*v);
+  }
+  if (const toml::node* node = table.get("max_bytes")) {
+    auto v = r.integer(*node, "max_bytes", 65536, std::int64_t{1} << 40);
+    if (!v) return v.error();
+    out.max_bytes = static_cast<std::size_t>(*v);
   }
   if (Status s = check_key_cache_config(out); !s) return r.at(table, s.error().message);
   return ok_status();
@@ -227,7 +243,16 @@ Status read_domains(const Reader& r, const toml::array& array, NodeConfig& out) 
 }
 
 Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out) {
-  if (Status s = r.only_known(table, "policy", {"allow_unauthenticated", "insecure", "peers"}); !s) return s;
+  if (Status s = r.only_known(table, "policy",
+                              {"allow_unauthenticated", "insecure", "peers", "max_key_staleness_s"});
+      !s) {
+    return s;
+  }
+  if (const toml::node* node = table.get("max_key_staleness_s")) {
+    auto v = r.integer(*node, "max_key_staleness_s", 0, 86400 * 7);
+    if (!v) return v.error();
+    out.max_key_staleness = std::chrono::seconds{*v};
+  }
   if (const toml::node* node = table.get("allow_unauthenticated")) {
     auto v = node->value<bool>();
     if (!v) return r.at(*node, "'allow_unauthenticated' must be true or false");
@@ -244,8 +269,12 @@ Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out)
     const toml::table* peers = node->as_table();
     if (peers == nullptr) return r.at(*node, "[policy.peers] must be a table of DOMAIN = \"refuse\" | \"require-auth\"");
     for (auto&& [key, value] : *peers) {
-      Result<std::string> domain = normalize_domain(key.str());
+      // "*.example" covers every name under example.test (POLICY.md §3).
+      std::string_view name = key.str();
+      bool subdomains = name.starts_with("*.");
+      Result<std::string> domain = normalize_domain(subdomains ? name.substr(2) : name);
       if (!domain) return r.at(value, domain.error().message);
+      if (subdomains) domain = "*." + *domain;
       Result<std::string> mode = r.string(value, key.str());
       if (!mode) return mode.error();
       if (*mode == "refuse") {
@@ -261,37 +290,72 @@ Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out)
 }
 
 Status read_limits(const Reader& r, const toml::table& table, NodeLimits& out) {
-  if (Status s = r.only_known(table, "limits",
-                              {"handshake_timeout_ms", "idle_timeout_ms", "keepalive_interval_ms", "max_sessions",
-                               "max_frame_size", "message_rate", "message_burst", "rekey_bytes", "rekey_interval_s"});
-      !s) {
-    return s;
-  }
   using std::chrono::milliseconds;
-  for (auto [key, field] : {std::pair{"handshake_timeout_ms", &out.handshake_timeout},
-                            std::pair{"idle_timeout_ms", &out.idle_timeout},
-                            std::pair{"keepalive_interval_ms", &out.keepalive_interval}}) {
+  const std::pair<const char*, milliseconds*> durations[] = {
+      {"connect_timeout_ms", &out.connect_timeout},       {"handshake_timeout_ms", &out.handshake_timeout},
+      {"idle_timeout_ms", &out.idle_timeout},             {"keepalive_interval_ms", &out.keepalive_interval},
+      {"send_stall_timeout_ms", &out.send_stall_timeout},
+  };
+  const std::pair<const char*, std::size_t*> counts[] = {
+      {"max_sessions", &out.max_sessions},
+      {"max_inbound_unauthenticated", &out.max_inbound_unauthenticated},
+      {"max_unauthenticated_per_source", &out.max_unauthenticated_per_source},
+      {"max_inbound_authenticated", &out.max_inbound_authenticated},
+      {"max_outbound", &out.max_outbound},
+      {"max_sessions_per_peer_domain", &out.max_sessions_per_peer_domain},
+      {"max_pending_lookups", &out.max_pending_lookups},
+      {"max_tracked_sources", &out.max_tracked_sources},
+      {"max_subscriptions_per_session", &out.max_subscriptions_per_session},
+  };
+  const std::pair<const char*, double*> rates[] = {
+      {"message_rate", &out.message_rate},
+      {"message_burst", &out.message_burst},
+      {"connection_rate_per_source", &out.connection_rate_per_source},
+      {"connection_burst_per_source", &out.connection_burst_per_source},
+      {"lookup_rate_per_source", &out.lookup_rate_per_source},
+      {"lookup_burst_per_source", &out.lookup_burst_per_source},
+  };
+  for (auto&& [key, value] : table) {
+    std::string_view name = key.str();
+    bool known = name == "max_frame_size" || name == "rekey_bytes" || name == "rekey_interval_s" ||
+                 name == "send_queue_high_water" || name == "send_queue_limit";
+    for (const auto& d : durations) known |= name == d.first;
+    for (const auto& c : counts) known |= name == c.first;
+    for (const auto& q : rates) known |= name == q.first;
+    if (!known) return r.at(value, fmt::format("unknown setting '{}' in [limits]", name));
+  }
+  for (const auto& [key, field] : durations) {
     if (const toml::node* node = table.get(key)) {
       auto v = r.integer(*node, key, 1, 86400000);
       if (!v) return v.error();
       *field = milliseconds{*v};
     }
   }
-  if (const toml::node* node = table.get("max_sessions")) {
-    auto v = r.integer(*node, "max_sessions", 1, 1000000);
-    if (!v) return v.error();
-    out.max_sessions = static_cast<std::size_t>(*v);
+  for (const auto& [key, field] : counts) {
+    if (const toml::node* node = table.get(key)) {
+      auto v = r.integer(*node, key, 1, 100000000);
+      if (!v) return v.error();
+      *field = static_cast<std::size_t>(*v);
+    }
+  }
+  for (const auto& [key, field] : rates) {
+    if (const toml::node* node = table.get(key)) {
+      auto v = node->value<double>();
+      if (!v || !(*v > 0) || *v > 1e9) return r.at(*node, fmt::format("'{}' must be a positive number", key));
+      *field = *v;
+    }
   }
   if (const toml::node* node = table.get("max_frame_size")) {
     auto v = r.integer(*node, "max_frame_size", 1024, static_cast<std::int64_t>(kHardMaxFrameSize));
     if (!v) return v.error();
     out.max_frame_size = static_cast<std::size_t>(*v);
   }
-  for (auto [key, field] : {std::pair{"message_rate", &out.message_rate}, std::pair{"message_burst", &out.message_burst}}) {
+  for (auto [key, field] : {std::pair{"send_queue_high_water", &out.send_queue_high_water},
+                            std::pair{"send_queue_limit", &out.send_queue_limit}}) {
     if (const toml::node* node = table.get(key)) {
-      auto v = node->value<double>();
-      if (!v || *v <= 0) return r.at(*node, fmt::format("'{}' must be a positive number", key));
-      *field = *v;
+      auto v = r.integer(*node, key, 4096, std::int64_t{1} << 34);
+      if (!v) return v.error();
+      *field = static_cast<std::size_t>(*v);
     }
   }
   if (const toml::node* node = table.get("rekey_bytes")) {

@@ -21,17 +21,64 @@ std::string rcode_name(int rcode) {
   return entry != nullptr ? entry->name : fmt::format("RCODE{}", rcode);
 }
 
-}  // namespace
-
-LdnsRrListPtr answer_records(const ub_result& result, ldns_rr_type type) {
+LdnsPktPtr parse_packet(const ub_result& result) {
   ldns_pkt* raw = nullptr;
   if (result.answer_packet == nullptr || result.answer_len <= 0 ||
       ldns_wire2pkt(&raw, static_cast<const std::uint8_t*>(result.answer_packet),
                     static_cast<std::size_t>(result.answer_len)) != LDNS_STATUS_OK) {
-    return LdnsRrListPtr(ldns_rr_list_new());
+    return nullptr;
   }
-  LdnsPktPtr packet(raw);
-  return LdnsRrListPtr(ldns_pkt_rr_list_by_type(packet.get(), type, LDNS_SECTION_ANSWER));
+  return LdnsPktPtr(raw);
+}
+
+LdnsRrListPtr records_of(const ldns_pkt* packet, ldns_rr_type type) {
+  if (packet == nullptr) return LdnsRrListPtr(ldns_rr_list_new());
+  LdnsRrListPtr list(ldns_pkt_rr_list_by_type(packet, type, LDNS_SECTION_ANSWER));
+  return list ? std::move(list) : LdnsRrListPtr(ldns_rr_list_new());
+}
+
+std::string name_text(const ldns_rdf* name) {
+  MallocString text(ldns_rdf2str(name));
+  std::string out = text ? text.get() : "";
+  if (out.size() > 1 && out.back() == '.') out.pop_back();
+  return out;
+}
+
+// docs/KEYS.md, "Aliases and wildcards": the names a CNAME or DNAME chain
+// led through, and whether the KEY RRset's signature says it was expanded
+// from a wildcard (RFC 4035 section 5.3.4: fewer labels than the owner).
+void read_aliases(const ldns_pkt* packet, DomainKeys& out) {
+  for (ldns_rr_type type : {LDNS_RR_TYPE_CNAME, LDNS_RR_TYPE_DNAME}) {
+    LdnsRrListPtr list = records_of(packet, type);
+    for (std::size_t i = 0; i < ldns_rr_list_rr_count(list.get()); ++i) {
+      const ldns_rr* rr = ldns_rr_list_rr(list.get(), i);
+      if (ldns_rr_rd_count(rr) == 1) out.aliases.push_back(name_text(ldns_rr_rdf(rr, 0)));
+    }
+  }
+  LdnsRrListPtr sigs = records_of(packet, LDNS_RR_TYPE_RRSIG);
+  for (std::size_t i = 0; i < ldns_rr_list_rr_count(sigs.get()); ++i) {
+    const ldns_rr* rr = ldns_rr_list_rr(sigs.get(), i);
+    if (ldns_rr_rd_count(rr) < 4 || ldns_rdf2rr_type(ldns_rr_rrsig_typecovered(rr)) != LDNS_RR_TYPE_KEY) continue;
+    std::uint8_t labels = ldns_rdf2native_int8(ldns_rr_rrsig_labels(rr));
+    if (labels < ldns_dname_label_count(ldns_rr_owner(rr))) out.wildcard = true;
+  }
+}
+
+// The number of records in the answer's final RRset, as libunbound already
+// holds them: counted without decoding anything.
+std::size_t record_count(const ub_result& result) {
+  std::size_t n = 0;
+  if (result.data != nullptr) {
+    while (result.data[n] != nullptr) ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+LdnsRrListPtr answer_records(const ub_result& result, ldns_rr_type type) {
+  LdnsPktPtr packet = parse_packet(result);
+  return records_of(packet.get(), type);
 }
 
 DomainKeys temp_fail(const std::string& domain, std::string reason) {
@@ -44,7 +91,7 @@ DomainKeys temp_fail(const std::string& domain, std::string reason) {
 
 // docs/KEYS.md, "Outcomes": bogus is decided first, so that a failed
 // validation can never be read as an absence of keys.
-DomainKeys classify_answer(const std::string& domain, const ub_result& result) {
+DomainKeys classify_answer(const std::string& domain, const ub_result& result, std::size_t max_key_records) {
   DomainKeys out;
   out.domain = domain;
   out.ttl = static_cast<std::uint32_t>(std::max(result.ttl, 0));
@@ -70,17 +117,27 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result) {
   }
 
   bool denial = result.nxdomain || !result.havedata;
+  // docs/SECURITY.md, "Budgets": an answer's cost is bounded before decoding it.
+  std::size_t count = denial ? 0 : record_count(result);
+  bool too_many = count > max_key_records;
+  std::string too_many_reason =
+      fmt::format("{} publishes {} KEY records, more than max_key_records ({}); none was read", domain, count,
+                  max_key_records);
+  LdnsPktPtr packet = denial || too_many ? nullptr : parse_packet(result);
+  if (packet) read_aliases(packet.get(), out);
+
   if (!result.secure) {
     out.outcome = DnsOutcome::Insecure;
-    if (!denial) {
-      KeyRecordSet records = parse_key_records(answer_records(result, LDNS_RR_TYPE_KEY).get());
+    if (packet) {
+      KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get());
       out.keys = std::move(records.keys);
       out.skipped = std::move(records.skipped);
     }
     out.reason = fmt::format("no DNSSEC chain of trust to {}; {}", domain,
-                             out.keys.empty() ? "no usable key published"
-                                              : fmt::format("{} unvalidated key(s) published",
-                                                            out.keys.size()));
+                             too_many           ? too_many_reason
+                             : out.keys.empty() ? "no usable key published"
+                                                : fmt::format("{} unvalidated key(s) published",
+                                                              out.keys.size()));
     return out;
   }
   if (denial) {
@@ -88,7 +145,12 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result) {
     out.reason = result.nxdomain ? "NXDOMAIN proven by DNSSEC" : "NODATA proven by DNSSEC";
     return out;
   }
-  KeyRecordSet records = parse_key_records(answer_records(result, LDNS_RR_TYPE_KEY).get());
+  if (too_many) {
+    out.outcome = DnsOutcome::Unusable;
+    out.reason = std::move(too_many_reason);
+    return out;
+  }
+  KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get());
   out.keys = std::move(records.keys);
   out.skipped = std::move(records.skipped);
   if (out.keys.empty()) {

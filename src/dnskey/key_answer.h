@@ -21,10 +21,23 @@ struct DomainKeys {
   std::vector<SkippedRecord> skipped;  ///< KEY records that were not usable
   std::uint32_t ttl = 0;               ///< TTL the resolver returned (RFC 2308 for denials)
   std::string reason;                  ///< why, for every outcome but Keys (bogus: libunbound's words)
+  /// Names the answer was reached through by CNAME or DNAME, in order,
+  /// without trailing dots (docs/KEYS.md, "Aliases and wildcards"). Empty
+  /// for a direct answer.
+  std::vector<std::string> aliases;
+  bool wildcard = false;  ///< the KEY RRset was synthesized from a wildcard
 };
 
-/// Classifies libunbound's answer to the KEY query for `domain`.
-DomainKeys classify_answer(const std::string& domain, const ub_result& result);
+/// How many KEY records an answer may hold before it is refused unparsed
+/// (docs/SECURITY.md, "Budgets"): the cost of an answer is bounded before
+/// any of it is decoded.
+inline constexpr std::size_t kDefaultMaxKeyRecords = 32;
+
+/// Classifies libunbound's answer to the KEY query for `domain`. An answer
+/// with more than `max_key_records` records is `unusable` (secure) or
+/// `insecure` without keys, and none of its records is decoded.
+DomainKeys classify_answer(const std::string& domain, const ub_result& result,
+                           std::size_t max_key_records = kDefaultMaxKeyRecords);
 
 /// The answer-section records of one type in libunbound's answer packet
 /// (empty if there is none or it does not parse).

@@ -24,6 +24,29 @@ bool same_key_set(const std::vector<FederationKey>& a, const std::vector<Federat
   return a.size() == b.size() && keys_missing_from(a, b).empty();
 }
 
+constexpr std::size_t kMinMaxBytes = 64 * 1024;
+
+std::size_t key_bytes(const std::vector<FederationKey>& keys) {
+  std::size_t n = 0;
+  for (const FederationKey& k : keys) {
+    n += sizeof(FederationKey) + k.public_key.capacity() + k.spki_der.capacity() + k.spki_sha256.capacity();
+  }
+  return n;
+}
+
+// What an entry costs, counted against max_bytes: the answer, the copy of
+// the keys kept for change reports, the domain twice (map key and answer)
+// and the hash table's node. An estimate, but one that grows with every byte
+// an answer can carry.
+std::size_t estimated_bytes(const std::string& domain, const CachedKeys& entry,
+                            const std::vector<FederationKey>& last_published) {
+  const DomainKeys& a = entry.answer;
+  std::size_t n = 128 + sizeof(CachedKeys) + 2 * domain.size() + a.reason.capacity();
+  n += key_bytes(a.keys) + key_bytes(last_published);
+  for (const SkippedRecord& s : a.skipped) n += sizeof(SkippedRecord) + s.record.capacity() + s.reason.capacity();
+  return n;
+}
+
 }  // namespace
 
 Status check_key_cache_config(const KeyCacheConfig& config) {
@@ -47,6 +70,7 @@ Status check_key_cache_config(const KeyCacheConfig& config) {
     return make_error("prefetch_ratio ({}) must be at least 0.5 and below 1", config.prefetch_ratio);
   }
   if (config.max_entries < 1) return make_error("max_entries must be at least 1");
+  if (config.max_bytes < kMinMaxBytes) return make_error("max_bytes must be at least {}", kMinMaxBytes);
   return ok_status();
 }
 
@@ -66,12 +90,21 @@ void KeyCache::add_change_listener(ChangeListener listener) {
   listeners_.push_back(std::move(listener));
 }
 
+void KeyCache::add_answer_listener(AnswerListener listener) {
+  answer_listeners_.push_back(std::move(listener));
+}
+
 std::shared_ptr<const CachedKeys> KeyCache::peek(const std::string& domain) const {
   auto it = entries_.find(domain);
   return it == entries_.end() ? nullptr : it->second.current;
 }
 
-void KeyCache::lookup(const std::string& domain, Callback callback) {
+bool KeyCache::is_fresh(const std::string& domain) const {
+  auto it = entries_.find(domain);
+  return it != entries_.end() && clock_() < it->second.current->expires;
+}
+
+KeyCache::LookupId KeyCache::lookup(const std::string& domain, Callback callback) {
   TimePoint now = clock_();
   auto it = entries_.find(domain);
   if (it != entries_.end() && now < it->second.current->expires) {
@@ -82,15 +115,49 @@ void KeyCache::lookup(const std::string& domain, Callback callback) {
       start_query(domain);
     }
     callback(std::move(entry));
-    return;
+    return 0;
   }
   ++stats_.misses;
-  waiters_[domain].push_back(std::move(callback));
+  LookupId id = next_lookup_id_++;
+  waiters_[domain].push_back({id, std::move(callback)});
+  waiting_domain_.emplace(id, domain);
   if (in_flight_.contains(domain)) {
     ++stats_.coalesced;
   } else {
     start_query(domain);
   }
+  return id;
+}
+
+void KeyCache::cancel(LookupId id) {
+  auto it = waiting_domain_.find(id);
+  if (it == waiting_domain_.end()) return;
+  std::string domain = std::move(it->second);
+  waiting_domain_.erase(it);
+  auto list = waiters_.find(domain);
+  if (list == waiters_.end()) return;  // being answered right now
+  std::erase_if(list->second, [id](const Waiter& w) { return w.id == id; });
+  if (!list->second.empty()) return;
+  waiters_.erase(list);
+  // Nobody waits for this answer any more: a closed session must not leave
+  // its lookup running (docs/SECURITY.md, "Budgets").
+  if (auto flight = in_flight_.find(domain); flight != in_flight_.end()) {
+    resolver_.cancel(flight->second);
+    in_flight_.erase(flight);
+    ++stats_.cancelled;
+  }
+}
+
+void KeyCache::clear() {
+  entries_.clear();
+  bytes_ = 0;
+}
+
+Status KeyCache::reconfigure(KeyCacheConfig config) {
+  if (Status s = check_key_cache_config(config); !s) return s;
+  config_ = config;
+  evict_for(0, clock_());
+  return ok_status();
 }
 
 void KeyCache::start_query(const std::string& domain) {
@@ -105,21 +172,39 @@ Seconds KeyCache::lifetime_of(const DomainKeys& answer) const {
   return std::clamp(Seconds{answer.ttl}, config_.min_ttl, config_.max_ttl);
 }
 
-void KeyCache::evict_if_full(TimePoint now) {
-  if (entries_.size() < config_.max_entries) return;
-  std::erase_if(entries_, [&](const auto& item) {
-    return now >= item.second.current->expires && !in_flight_.contains(item.first);
-  });
-  if (entries_.size() < config_.max_entries) return;
-  // Still full: drop the tenth closest to expiry at once, so that a flood of
-  // new domains pays for this scan once per max_entries/10 answers, not each.
+void KeyCache::erase_entry(const std::string& domain) {
+  auto it = entries_.find(domain);
+  if (it == entries_.end()) return;
+  bytes_ -= it->second.bytes;
+  entries_.erase(it);
+}
+
+void KeyCache::evict_for(std::size_t incoming, TimePoint now) {
+  auto over = [&] {
+    return entries_.size() >= config_.max_entries || bytes_ + incoming > config_.max_bytes;
+  };
+  if (!over()) return;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (now >= it->second.current->expires && !in_flight_.contains(it->first)) {
+      bytes_ -= it->second.bytes;
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (!over()) return;
+  // Still full: drop the tenth closest to expiry at once (more if the bytes
+  // demand it), so that a flood of new domains pays for this scan once per
+  // tenth of the cache, not once per answer.
   std::vector<std::pair<TimePoint, std::string>> by_expiry;
   by_expiry.reserve(entries_.size());
   for (const auto& [domain, entry] : entries_) by_expiry.emplace_back(entry.current->expires, domain);
-  std::size_t drop = std::max<std::size_t>(1, entries_.size() / 10);
-  std::nth_element(by_expiry.begin(), by_expiry.begin() + static_cast<std::ptrdiff_t>(drop - 1), by_expiry.end());
-  for (std::size_t i = 0; i < drop; ++i) entries_.erase(by_expiry[i].second);
-  stats_.evictions += drop;
+  std::sort(by_expiry.begin(), by_expiry.end());
+  std::size_t tenth = std::max<std::size_t>(1, entries_.size() / 10);
+  for (std::size_t i = 0; i < by_expiry.size() && (i < tenth || over()); ++i) {
+    erase_entry(by_expiry[i].second);
+    ++stats_.evictions;
+  }
 }
 
 void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {
@@ -132,9 +217,13 @@ void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {
     log_at(LogLevel::Debug, "keys of {}: {} {}", domain, to_string(answer.outcome), answer.reason);
   }
 
-  if (!entries_.contains(domain)) evict_if_full(now);
-  Entry& slot = entries_[domain];
-  std::shared_ptr<const CachedKeys> before = slot.current;
+  std::shared_ptr<const CachedKeys> before;
+  std::vector<FederationKey> last_published;
+  if (auto it = entries_.find(domain); it != entries_.end()) {
+    before = it->second.current;
+    last_published = std::move(it->second.last_published);
+    erase_entry(domain);
+  }
 
   std::shared_ptr<const CachedKeys> after;
   std::vector<FederationKey> removed;
@@ -152,13 +241,16 @@ void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {
     fresh->prefetch_at = now + std::chrono::duration_cast<SteadyClock::duration>(
                                    std::chrono::duration<double>(lifetime) * config_.prefetch_ratio);
     if (answer.outcome != DnsOutcome::TempFail) {
-      removed = keys_missing_from(slot.last_published, answer.keys);
-      slot.last_published = answer.keys;
+      removed = keys_missing_from(last_published, answer.keys);
+      last_published = answer.keys;
     }
     fresh->answer = std::move(answer);
     after = std::move(fresh);
   }
-  slot.current = after;
+  std::size_t size = estimated_bytes(domain, *after, last_published);
+  evict_for(size, now);
+  entries_[domain] = Entry{after, std::move(last_published), size};
+  bytes_ += size;
 
   bool changed = before && (before->answer.outcome != after->answer.outcome ||
                             !same_key_set(before->answer.keys, after->answer.keys));
@@ -171,10 +263,15 @@ void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {
     KeySetChange change{domain, before, after, std::move(removed)};
     for (const ChangeListener& listener : listeners_) listener(change);
   }
+  for (const AnswerListener& listener : answer_listeners_) listener(domain, after);
 
   auto waiting = waiters_.extract(domain);
   if (!waiting.empty()) {
-    for (Callback& callback : waiting.mapped()) callback(after);
+    for (Waiter& waiter : waiting.mapped()) {
+      // A callback may cancel another lookup of this list (its session closed).
+      if (waiting_domain_.erase(waiter.id) == 0) continue;
+      waiter.callback(after);
+    }
   }
 }
 

@@ -8,17 +8,38 @@
 #include <openssl/x509.h>
 
 #include "common/c_handles.h"
+#include "common/openssl_call.h"
 
 namespace keyfed {
 namespace {
 
 constexpr std::size_t kEd25519KeyLength = 32;
 constexpr std::size_t kP256KeyLength = 64;  // X || Y, RFC 6605 section 4
+constexpr std::size_t kMaxSkippedRecordText = 200;
 
-// RFC 8032 section 5.1.3: does the encoding decode to a curve point? OpenSSL
-// accepts any 32 bytes as an Ed25519 public key, so keyfed checks that
-// x^2 = (y^2 - 1) / (d y^2 + 1) mod p has a root, with y < p.
-bool ed25519_point_decodes(std::span<const std::uint8_t> key) {
+// The encodings of the eight points of small order, sign bit cleared: y = 0
+// (order 4), 1 (the identity), p-1 (order 2), and the two y of the points of
+// order 8. A key on one of them proves nothing: with the identity point, a
+// signature made without any private key verifies. libsodium refuses the same
+// points (crypto_sign/ed25519/ref10/open.c).
+constexpr std::array<std::array<std::uint8_t, kEd25519KeyLength>, 5> kSmallOrderY = {{
+    {0x00},
+    {0x01},
+    {0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+    {0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+     0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05},
+    {0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+     0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a},
+}};
+
+enum class PointCheck { Valid, NotCanonical, SmallOrder, NotOnCurve };
+
+// RFC 8032 section 5.1.3 decoding, refusing what libsodium refuses: y must be
+// below p (canonical), x = 0 must not carry the sign bit ("-0"), the point
+// must not be of small order, and x^2 = (y^2 - 1) / (d y^2 + 1) mod p must
+// have a root. OpenSSL accepts any 32 bytes as an Ed25519 public key.
+PointCheck check_ed25519_point(std::span<const std::uint8_t> key) {
   std::array<std::uint8_t, kEd25519KeyLength> y_le{};
   std::copy(key.begin(), key.end(), y_le.begin());
   bool x_sign = (y_le[31] & 0x80) != 0;
@@ -27,14 +48,17 @@ bool ed25519_point_decodes(std::span<const std::uint8_t> key) {
   BnCtxPtr ctx(BN_CTX_new());
   BnPtr p(BN_new()), y(BN_lebin2bn(y_le.data(), static_cast<int>(y_le.size()), nullptr));
   BnPtr d(BN_new()), t(BN_new()), u(BN_new()), v(BN_new()), x2(BN_new()), e(BN_new());
-  if (!ctx || !p || !y || !d || !t || !u || !v || !x2 || !e) return false;
+  if (!ctx || !p || !y || !d || !t || !u || !v || !x2 || !e) return PointCheck::NotOnCurve;
   // p = 2^255 - 19
   BN_set_bit(p.get(), 255);
   BN_sub_word(p.get(), 19);
-  if (BN_cmp(y.get(), p.get()) >= 0) return false;
+  if (BN_cmp(y.get(), p.get()) >= 0) return PointCheck::NotCanonical;
+  for (const auto& small : kSmallOrderY) {
+    if (y_le == small) return PointCheck::SmallOrder;
+  }
   // d = -121665 / 121666 mod p
   BN_set_word(t.get(), 121666);
-  if (BN_mod_inverse(d.get(), t.get(), p.get(), ctx.get()) == nullptr) return false;
+  if (BN_mod_inverse(d.get(), t.get(), p.get(), ctx.get()) == nullptr) return PointCheck::NotOnCurve;
   BN_mul_word(d.get(), 121665);
   BN_sub(d.get(), p.get(), d.get());
   BN_mod(d.get(), d.get(), p.get(), ctx.get());
@@ -45,23 +69,31 @@ bool ed25519_point_decodes(std::span<const std::uint8_t> key) {
   BN_mod_sub(u.get(), u.get(), e.get(), p.get(), ctx.get());
   BN_mod_mul(v.get(), d.get(), t.get(), p.get(), ctx.get());
   BN_mod_add(v.get(), v.get(), e.get(), p.get(), ctx.get());
-  if (BN_mod_inverse(v.get(), v.get(), p.get(), ctx.get()) == nullptr) return false;
+  if (BN_mod_inverse(v.get(), v.get(), p.get(), ctx.get()) == nullptr) return PointCheck::NotOnCurve;
   BN_mod_mul(x2.get(), u.get(), v.get(), p.get(), ctx.get());
-  if (BN_is_zero(x2.get())) return !x_sign;
+  if (BN_is_zero(x2.get())) return x_sign ? PointCheck::NotCanonical : PointCheck::Valid;
   // Euler's criterion: x2 is a square iff x2^((p-1)/2) = 1.
   BN_copy(e.get(), p.get());
   BN_sub_word(e.get(), 1);
   BN_rshift1(e.get(), e.get());
   BN_mod_exp(t.get(), x2.get(), e.get(), p.get(), ctx.get());
-  return BN_is_one(t.get());
+  return BN_is_one(t.get()) ? PointCheck::Valid : PointCheck::NotOnCurve;
 }
 
 Result<EvpPkeyPtr> ed25519_key(std::span<const std::uint8_t> key) {
   if (key.size() != kEd25519KeyLength) {
     return make_error("Ed25519 key is {} bytes, expected {}", key.size(), kEd25519KeyLength);
   }
-  if (!ed25519_point_decodes(key)) return make_error("Ed25519 key is not a point on the curve");
-  EvpPkeyPtr pkey(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key.data(), key.size()));
+  switch (openssl_call([&] { return check_ed25519_point(key); })) {
+    case PointCheck::Valid: break;
+    case PointCheck::NotCanonical: return make_error("Ed25519 key is not canonically encoded");
+    case PointCheck::SmallOrder:
+      return make_error("Ed25519 key is a point of small order (signatures without the private key would verify)");
+    case PointCheck::NotOnCurve: return make_error("Ed25519 key is not a point on the curve");
+  }
+  EvpPkeyPtr pkey(openssl_call([&] {
+    return EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key.data(), key.size());
+  }));
   if (!pkey) return make_error("Ed25519 key was rejected by OpenSSL");
   return pkey;
 }
@@ -85,21 +117,25 @@ Result<EvpPkeyPtr> p256_key(std::span<const std::uint8_t> key) {
   OsslParamPtr params(OSSL_PARAM_BLD_to_param(builder.get()));
   EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
   EVP_PKEY* raw = nullptr;
-  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
-      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) <= 0) {
-    return make_error("ECDSA P-256 key is not a point on the curve");
-  }
+  // An off-curve point leaves errors on OpenSSL's queue: openssl_call drains
+  // them, or the next session's SSL_get_error() would read them as its own.
+  bool built = openssl_call([&] {
+    return params && ctx && EVP_PKEY_fromdata_init(ctx.get()) > 0 &&
+           EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) > 0;
+  });
   EvpPkeyPtr pkey(raw);
-  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
-  if (!check || EVP_PKEY_public_check(check.get()) != 1) {
-    return make_error("ECDSA P-256 key is not a valid public key");
-  }
+  if (!built) return make_error("ECDSA P-256 key is not a point on the curve");
+  bool valid = openssl_call([&] {
+    EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
+    return check && EVP_PKEY_public_check(check.get()) == 1;
+  });
+  if (!valid) return make_error("ECDSA P-256 key is not a valid public key");
   return pkey;
 }
 
 Result<std::vector<std::uint8_t>> spki_of(EVP_PKEY* pkey) {
   unsigned char* der = nullptr;
-  int length = i2d_PUBKEY(pkey, &der);
+  int length = openssl_call([&] { return i2d_PUBKEY(pkey, &der); });
   if (length <= 0) return make_error("cannot encode the key as SubjectPublicKeyInfo");
   std::vector<std::uint8_t> out(der, der + length);
   OPENSSL_free(der);
@@ -214,6 +250,9 @@ KeyRecordSet parse_key_records(const ldns_rr_list* rrs) {
     MallocString text(ldns_rr2str(rr));
     std::string record = text ? text.get() : "(unprintable KEY record)";
     while (!record.empty() && (record.back() == '\n' || record.back() == ' ')) record.pop_back();
+    // A KEY's RDATA may be 64 KiB; what is kept of a record that is only
+    // reported is bounded (docs/SECURITY.md, "Budgets").
+    if (record.size() > kMaxSkippedRecordText) record = record.substr(0, kMaxSkippedRecordText) + "...";
     out.skipped.push_back({std::move(record), key.error().message});
   }
   return out;

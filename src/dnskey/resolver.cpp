@@ -50,6 +50,12 @@ Result<std::string> unbound_config_text(const ResolverConfig& config) {
       "  logfile: \"/dev/null\"\n"  // keyfed logs outcomes itself
       "  use-syslog: no\n"
       "  val-log-level: 2\n";       // fills why_bogus
+  // docs/SECURITY.md, "Budgets": libunbound's own memory is bounded by its
+  // caches; these are its defaults, written down so that they are ours too.
+  text += "  msg-cache-size: 4m\n  rrset-cache-size: 4m\n  key-cache-size: 4m\n  neg-cache-size: 1m\n";
+  if (config.mode == ResolverMode::Production && config.upstream_ratelimit > 0) {
+    text += fmt::format("  ratelimit: {}\n", config.upstream_ratelimit);
+  }
   if (config.mode == ResolverMode::Testbed) {
     text += "  local-zone: \"test.\" nodefault\n";  // RFC 6761 name, blocked by default
     text += "  local-zone: \".\" refuse\n";
@@ -105,8 +111,14 @@ KeyResolver::~KeyResolver() {
   queries_.clear();
 }
 
-Status KeyResolver::reload(ResolverConfig config) {
-  if (Status s = check_resolver_config(config); !s) return s;
+KeyResolver::Prepared::Prepared(ResolverConfig config, std::unique_ptr<Context> context)
+    : config_(std::move(config)), context_(std::move(context)) {}
+KeyResolver::Prepared::~Prepared() = default;
+KeyResolver::Prepared::Prepared(Prepared&&) noexcept = default;
+KeyResolver::Prepared& KeyResolver::Prepared::operator=(Prepared&&) noexcept = default;
+
+Result<KeyResolver::Prepared> KeyResolver::prepare(ResolverConfig config) const {
+  if (Status s = check_resolver_config(config); !s) return s.error();
   Result<std::string> text = unbound_config_text(config);
   if (!text) return text.error();
 
@@ -118,7 +130,7 @@ Status KeyResolver::reload(ResolverConfig config) {
   if (int err = ub_ctx_async(ub, 1); err != 0) {
     return make_error("libunbound cannot run asynchronously: {}", ub_strerror(err));
   }
-  if (Status s = load_unbound_config(ub, *text); !s) return s;
+  if (Status s = load_unbound_config(ub, *text); !s) return s.error();
   if (int err = ub_ctx_add_ta_file(ub, config.trust_anchor.c_str()); err != 0) {
     return make_error("{}: libunbound rejected the trust anchor: {}", config.trust_anchor.string(),
                       ub_strerror(err));
@@ -135,31 +147,42 @@ Status KeyResolver::reload(ResolverConfig config) {
     return make_error("cannot watch libunbound's result pipe: {}", uv_strerror(err));
   }
   context->poll->data = context->ub.get();
-  uv_poll_start(context->poll.get(), UV_READABLE, [](uv_poll_t* handle, int status, int) {
+  return Prepared(std::move(config), std::move(context));
+}
+
+void KeyResolver::commit(Prepared prepared) {
+  uv_poll_start(prepared.context_->poll.get(), UV_READABLE, [](uv_poll_t* handle, int status, int) {
     if (status < 0) {
       log_at(LogLevel::Warning, "libunbound result pipe: {}", uv_strerror(status));
       return;
     }
     ub_process(static_cast<ub_ctx*>(handle->data));  // runs on_unbound_result for each answer
   });
-
   // Move pending queries over: cancel them on the old context, resend on the new.
   for (auto& [id, query] : queries_) {
     if (query->async_id != 0 && context_) ub_cancel(context_->ub.get(), query->async_id);
     query->async_id = 0;
   }
-  context_ = std::move(context);
-  config_ = std::move(config);
+  context_ = std::move(prepared.context_);
+  config_ = std::move(prepared.config_);
   for (auto& [id, query] : queries_) {
     if (query->failure.empty()) submit(*query);
   }
+}
+
+Status KeyResolver::reload(ResolverConfig config) {
+  Result<Prepared> prepared = prepare(std::move(config));
+  if (!prepared) return prepared.error();
+  commit(std::move(prepared).value());
   return ok_status();
 }
 
 KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback callback) {
+  std::size_t max_key_records = config_.max_key_records;
   return query(key_owner_name(domain), LDNS_RR_TYPE_KEY,
-               [domain, callback = std::move(callback)](const ub_result* answer, const std::string& failure) {
-                 callback(answer != nullptr ? classify_answer(domain, *answer) : temp_fail(domain, failure));
+               [domain, max_key_records, callback = std::move(callback)](const ub_result* answer, const std::string& failure) {
+                 callback(answer != nullptr ? classify_answer(domain, *answer, max_key_records)
+                                            : temp_fail(domain, failure));
                });
 }
 

@@ -23,6 +23,8 @@
 namespace keyfed {
 
 class KeyResolver {
+  struct Context;
+
  public:
   using QueryId = std::uint64_t;
   /// Receives the classified answer, always on the loop and never from inside
@@ -53,9 +55,30 @@ class KeyResolver {
   /// Forgets a pending query; its callback will not run. Unknown ids are ignored.
   void cancel(QueryId id);
 
-  /// Replaces the libunbound context with one built from `config` (re-reading
-  /// zone files and trust anchors). Pending queries move to the new context
-  /// and keep their deadlines. On error the old context stays in service.
+  /// A libunbound context built from a configuration, not in service yet.
+  /// Reloading in two steps lets a daemon prepare every part of a new
+  /// configuration and then commit all of them or none (docs/CLI.md, SIGHUP).
+  class Prepared {
+   public:
+    ~Prepared();
+    Prepared(Prepared&&) noexcept;
+    Prepared& operator=(Prepared&&) noexcept;
+    const ResolverConfig& config() const { return config_; }
+
+   private:
+    friend class KeyResolver;
+    Prepared(ResolverConfig config, std::unique_ptr<Context> context);
+    ResolverConfig config_;
+    std::unique_ptr<Context> context_;
+  };
+
+  /// Checks `config` and builds a context from it (re-reading zone files and
+  /// trust anchors); the running context is not touched.
+  Result<Prepared> prepare(ResolverConfig config) const;
+  /// Puts a prepared context in service. Pending queries move to it and keep
+  /// their deadlines; the old context is dropped.
+  void commit(Prepared prepared);
+  /// prepare() then commit(); on error the old context stays in service.
   Status reload(ResolverConfig config);
 
   const ResolverConfig& config() const { return config_; }
@@ -64,7 +87,6 @@ class KeyResolver {
   std::uint64_t queries_sent() const { return queries_sent_; }
 
  private:
-  struct Context;
   struct Query;
 
   KeyResolver(uv_loop_t* loop, ResolverConfig config, std::unique_ptr<Context> context);

@@ -100,6 +100,9 @@ Status check_resolver_config(const ResolverConfig& config) {
     return make_error("query timeout {} ms is outside {}..{} ms", config.query_timeout.count(),
                       kMinQueryTimeout.count(), kMaxQueryTimeout.count());
   }
+  if (config.max_key_records < 1 || config.max_key_records > kMaxMaxKeyRecords) {
+    return make_error("max_key_records {} is outside 1..{}", config.max_key_records, kMaxMaxKeyRecords);
+  }
   if (config.trust_anchor.empty()) return make_error("no trust anchor file is configured");
   Status anchor = check_trust_anchor_file(config.trust_anchor);
   if (!anchor) return anchor;

@@ -18,6 +18,8 @@ enum class ResolverMode { Production, Testbed };
 struct ZoneFile {
   std::string origin;  ///< without trailing dot; "test" for the testbed parent
   std::filesystem::path path;
+
+  bool operator==(const ZoneFile&) const = default;
 };
 
 struct ResolverConfig {
@@ -30,10 +32,20 @@ struct ResolverConfig {
   std::vector<std::string> forwarders;
   /// Past this, a query is cancelled and its outcome is temp-fail.
   std::chrono::milliseconds query_timeout{3000};
+  /// A KEY answer with more records than this is refused unread
+  /// (docs/SECURITY.md, "Budgets"; the same default as kDefaultMaxKeyRecords).
+  std::size_t max_key_records = 32;
+  /// Production: queries per second libunbound sends to the servers of any
+  /// one zone (its `ratelimit`), so random names cannot turn the node into a
+  /// flood relay against another domain's servers. 0: no limit.
+  unsigned upstream_ratelimit = 100;
+
+  bool operator==(const ResolverConfig&) const = default;
 };
 
 inline constexpr std::chrono::milliseconds kMinQueryTimeout{10};
 inline constexpr std::chrono::milliseconds kMaxQueryTimeout{60000};
+inline constexpr std::size_t kMaxMaxKeyRecords = 1024;
 
 /// Parses a zone file with ldns and returns its origin; the error names the
 /// file and line ("beta.zone:7: Syntax error, could not parse the RR").
@@ -42,8 +54,9 @@ Result<ZoneFile> inspect_zone_file(const std::filesystem::path& path);
 /// Checks that every record of the file is a DS or DNSKEY; same error style.
 Status check_trust_anchor_file(const std::filesystem::path& path);
 
-/// Checks the whole configuration (files readable and well-formed, timeout in
-/// range, testbed has zones) before a libunbound context is built from it.
+/// Checks the whole configuration (files readable and well-formed, timeout and
+/// max_key_records in range, testbed has zones) before a libunbound context is
+/// built from it.
 Status check_resolver_config(const ResolverConfig& config);
 
 }  // namespace keyfed

@@ -50,6 +50,7 @@ enum class NackCode : std::uint16_t {
   MalformedMessage = 3,   ///< not a message/cpim this node can route
   RateLimited = 4,        ///< the peer exceeded its message rate
   NotAuthorized = 5,      ///< presence request not allowed
+  LimitExceeded = 6,      ///< a per-session budget is used up (subscriptions)
 };
 
 /// ERROR codes (docs/PROTOCOL.md §6).
@@ -78,6 +79,8 @@ class FrameReader {
   /// The next complete frame, nullopt if more bytes are needed, or an error.
   Result<std::optional<Frame>> next();
   std::size_t buffered() const { return buffer_.size() - consumed_; }
+  /// A new limit for frames whose header has not been read yet.
+  void set_max_frame_size(std::size_t max_frame_size) { max_frame_size_ = max_frame_size; }
 
  private:
   std::size_t max_frame_size_;

@@ -24,8 +24,10 @@ struct DomainIdentity {
 };
 
 /// Loads a PEM private key (Ed25519 or P-256) and wraps it in a fresh
-/// self-signed certificate. Refuses a key file readable by group or others,
-/// like ssh does: a leaked federation key lets anyone speak for the domain.
+/// self-signed certificate. Like ssh, refuses a key file readable by group or
+/// others, owned by another user than this one or root, a symbolic link, or
+/// anything but a regular file: a leaked federation key lets anyone speak for
+/// the domain. The file is checked through the descriptor it is read from.
 Result<DomainIdentity> load_domain_identity(const std::string& domain, const std::filesystem::path& key_file);
 
 /// Generates a new key of the given algorithm and writes it, mode 0600, as

@@ -1,73 +1,30 @@
 #include "federation/node.h"
 
 #include <csignal>
-#include <ctime>
-#include <set>
-
-#include <nlohmann/json.hpp>
-#include <openssl/err.h>
 
 #include "common/log.h"
 #include "dnskey/domain_name.h"
+#include "federation/audit.h"
 #include "federation/session.h"
 
 namespace keyfed {
 namespace {
 
-// Certificates are only key carriers (docs/PROTOCOL.md §2): OpenSSL's chain
-// check is skipped and the key is checked against DNS after the handshake.
-int accept_any_certificate(int, X509_STORE_CTX*) { return 1; }
-
-Status configure_tls(SSL_CTX* ctx) {
-  // docs/PROTOCOL.md §2: TLS 1.3 only, ephemeral ECDHE, no resumption.
-  if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
-      SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1 ||
-      SSL_CTX_set1_groups_list(ctx, "X25519:P-256") != 1 ||
-      SSL_CTX_set1_sigalgs_list(ctx, "ed25519:ecdsa_secp256r1_sha256") != 1) {
-    return make_error("cannot configure TLS 1.3");
-  }
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  SSL_CTX_set_num_tickets(ctx, 0);
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_certificate);
-  return ok_status();
-}
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+// Logs of refused connections are throttled to one line a second: a flood of
+// connections must not become a flood of log lines (docs/SECURITY.md).
+constexpr std::uint64_t kRefusalLogIntervalMs = 1000;
+constexpr std::uint64_t kHousekeepingMs = 5000;
 
 }  // namespace
 
-Status check_node_limits(const NodeLimits& l) {
-  using std::chrono::milliseconds;
-  if (l.connect_timeout < milliseconds(50) || l.connect_timeout > milliseconds(600000)) {
-    return make_error("connect_timeout_ms must be within 50..600000");
-  }
-  if (l.handshake_timeout < milliseconds(100) || l.handshake_timeout > milliseconds(600000)) {
-    return make_error("handshake_timeout_ms must be within 100..600000");
-  }
-  if (l.idle_timeout < milliseconds(100)) return make_error("idle_timeout_ms must be at least 100");
-  if (l.keepalive_interval < milliseconds(50)) return make_error("keepalive_interval_ms must be at least 50");
-  if (l.max_sessions < 1) return make_error("max_sessions must be at least 1");
-  if (l.max_frame_size < 1024 || l.max_frame_size > kHardMaxFrameSize) {
-    return make_error("max_frame_size must be within 1024..{}", kHardMaxFrameSize);
-  }
-  if (!(l.message_rate > 0) || !(l.message_burst >= 1)) {
-    return make_error("message_rate must be positive and message_burst at least 1");
-  }
-  if (l.rekey_bytes < 4096) return make_error("rekey_bytes must be at least 4096");
-  if (l.rekey_interval < std::chrono::seconds(1)) return make_error("rekey_interval must be at least 1 s");
-  return ok_status();
-}
-
 Node::Node(uv_loop_t* loop, KeyCache& cache, Handlers handlers)
-    : loop_(loop), cache_(cache), handlers_(std::move(handlers)) {}
+    : loop_(loop),
+      cache_(cache),
+      handlers_(std::move(handlers)),
+      message_rate_(1, 1, 1),
+      connection_rate_(1, 1, 1),
+      lookup_rate_(1, 1, 1),
+      presence_(1) {}
 
 Result<std::unique_ptr<Node>> Node::create(uv_loop_t* loop, KeyCache& cache, NodeSettings settings,
                                            Handlers handlers) {
@@ -77,30 +34,39 @@ Result<std::unique_ptr<Node>> Node::create(uv_loop_t* loop, KeyCache& cache, Nod
   struct sigaction current {};
   if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   auto node = std::unique_ptr<Node>(new Node(loop, cache, std::move(handlers)));
-  if (Status s = node->install(std::move(settings)); !s) return s.error();
+  Result<Plan> plan = node->prepare(std::move(settings));
+  if (!plan) return plan.error();
+  const NodeLimits& limits = plan->settings.limits;
+  node->message_rate_ = RateLimiter(limits.message_rate, limits.message_burst, limits.max_tracked_sources);
+  node->connection_rate_ =
+      RateLimiter(limits.connection_rate_per_source, limits.connection_burst_per_source, limits.max_tracked_sources);
+  node->lookup_rate_ =
+      RateLimiter(limits.lookup_rate_per_source, limits.lookup_burst_per_source, limits.max_tracked_sources);
+  node->discovery_ = std::make_unique<Discovery>(cache.resolver(), plan->settings.default_port);
+  node->commit(std::move(plan).value());
   std::weak_ptr<bool> alive = node->alive_;
   Node* raw = node.get();
-  cache.add_change_listener([alive, raw](const KeySetChange& change) {
-    if (!alive.expired()) raw->on_key_change(change);
+  cache.add_answer_listener([alive, raw](const std::string& domain, const std::shared_ptr<const CachedKeys>& entry) {
+    if (!alive.expired()) raw->on_answer(domain, entry);
   });
-  if (node->settings_.revalidate_interval.count() > 0) {
-    node->revalidate_timer_ = make_uv_handle<uv_timer_t>();
-    uv_timer_init(loop, node->revalidate_timer_.get());
-    node->revalidate_timer_->data = raw;
-    auto every = static_cast<std::uint64_t>(node->settings_.revalidate_interval.count());
-    uv_timer_start(node->revalidate_timer_.get(), [](uv_timer_t* t) { static_cast<Node*>(t->data)->revalidate(); },
-                   every, every);
-    uv_unref(reinterpret_cast<uv_handle_t*>(node->revalidate_timer_.get()));  // does not keep the loop alive
-  }
   return node;
 }
 
-Status Node::install(NodeSettings settings) {
+Node::~Node() {
+  close_all("node shutting down");
+  alive_.reset();
+}
+
+// ---- configuration ------------------------------------------------------------
+
+Result<Node::Plan> Node::prepare(NodeSettings settings) const {
   if (settings.domains.empty()) return make_error("the node hosts no domain");
-  if (Status s = check_node_limits(settings.limits); !s) return s;
-  std::map<std::string, DomainIdentity> identities;
+  if (Status s = check_node_limits(settings.limits); !s) return s.error();
+  if (settings.default_port < 1 || settings.default_port > 65535) return make_error("default_port must be 1..65535");
+  auto identities = std::make_shared<IdentitySet>();
   for (const HostedDomain& hosted : settings.domains) {
     if (hosted.key_files.empty()) return make_error("domain {} has no key file", hosted.domain);
+    if (identities->by_domain.contains(hosted.domain)) return make_error("domain {} is listed twice", hosted.domain);
     // Every listed key is loaded, so the next key of a rollover is known good
     // before the switch (docs/KEYS.md, "Rolling and revoking keys"); the first
     // one is presented.
@@ -109,117 +75,122 @@ Status Node::install(NodeSettings settings) {
       if (!identity) return identity.error();
       log_at(LogLevel::Info, "{}: key {} ({}): {}", hosted.domain, identity->public_key.key_tag,
              i == 0 ? "presented" : "held for rollover", key_record_text(hosted.domain, identity->public_key, 300));
-      if (i == 0) identities.emplace(hosted.domain, std::move(identity).value());
+      if (i == 0) {
+        auto shared = std::make_shared<const DomainIdentity>(std::move(identity).value());
+        identities->by_domain.emplace(hosted.domain, shared);
+        if (!identities->first) identities->first = shared;
+      }
     }
   }
+  Result<std::shared_ptr<const TlsContexts>> tls =
+      TlsContexts::create(std::move(identities), admits_unauthenticated(settings.policy));
+  if (!tls) return tls.error();
+  return Plan{std::move(settings), std::move(tls).value()};
+}
 
-  SslCtxPtr server(SSL_CTX_new(TLS_server_method()));
-  SslCtxPtr client(SSL_CTX_new(TLS_client_method()));
-  if (!server || !client) return make_error("cannot create TLS contexts");
-  if (Status s = configure_tls(server.get()); !s) return s;
-  if (Status s = configure_tls(client.get()); !s) return s;
-  SSL_CTX_set_alpn_protos(client.get(), kAlpnWire, sizeof kAlpnWire);
-  SSL_CTX_set_alpn_select_cb(
-      server.get(),
-      [](SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
-         void*) -> int {
-        unsigned char* selected = nullptr;
-        if (SSL_select_next_proto(&selected, outlen, kAlpnWire, sizeof kAlpnWire, in, inlen) !=
-            OPENSSL_NPN_NEGOTIATED) {
-          return SSL_TLSEXT_ERR_ALERT_FATAL;  // no_application_protocol
-        }
-        *out = selected;
-        return SSL_TLSEXT_ERR_OK;
-      },
-      nullptr);
-  // The responder presents the key of the domain the initiator asked for (SNI).
-  SSL_CTX_set_tlsext_servername_callback(server.get(), +[](SSL* ssl, int* alert, void* arg) -> int {
-    auto* node = static_cast<Node*>(arg);
-    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    const DomainIdentity* identity = name != nullptr ? node->identity(name) : &node->identities_.begin()->second;
-    if (identity == nullptr) {
-      *alert = SSL_AD_UNRECOGNIZED_NAME;
-      return SSL_TLSEXT_ERR_ALERT_FATAL;
+void Node::commit(Plan plan) {
+  NodeSettings previous = std::exchange(settings_, std::move(plan.settings));
+  tls_ = std::move(plan.tls);
+  const NodeLimits& limits = settings_.limits;
+  message_rate_.configure(limits.message_rate, limits.message_burst);
+  connection_rate_.configure(limits.connection_rate_per_source, limits.connection_burst_per_source);
+  lookup_rate_.configure(limits.lookup_rate_per_source, limits.lookup_burst_per_source);
+  presence_.set_max_per_session(limits.max_subscriptions_per_session);
+  if (discovery_) discovery_->set_default_port(settings_.default_port);
+  if (!revalidate_timer_ || previous.revalidate_interval != settings_.revalidate_interval) start_timers();
+
+  // Sessions of a domain no longer hosted end now; every other session is
+  // judged again, under the new policy, against the last answer it was
+  // judged on (a new `refuse` override applies at once).
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, session] : sessions_) ids.push_back(id);
+  for (std::uint64_t id : ids) {
+    PeerSession* session = find(id);
+    if (session == nullptr || session->closing()) continue;
+    const SessionInfo& info = session->info();
+    if (!info.local_domain.empty() && !tls_->identities().find(info.local_domain)) {
+      session->close(fmt::format("{} is no longer hosted by this node (reload)", info.local_domain),
+                     ErrorCode::Shutdown);
+      continue;
     }
-    // OpenSSL keeps one certificate per key type: drop the default one, or an
-    // Ed25519 default could be served in place of a P-256 domain key.
-    SSL_certs_clear(ssl);
-    SSL_use_certificate(ssl, identity->certificate.get());
-    SSL_use_PrivateKey(ssl, identity->key.get());
-    return SSL_TLSEXT_ERR_OK;
-  });
-  SSL_CTX_set_tlsext_servername_arg(server.get(), this);
-  // Without SNI, the first hosted domain answers.
-  const DomainIdentity& first = identities.begin()->second;
-  SSL_CTX_use_certificate(server.get(), first.certificate.get());
-  SSL_CTX_use_PrivateKey(server.get(), first.key.get());
-
-  if (settings.default_port < 1 || settings.default_port > 65535) return make_error("default_port must be 1..65535");
-  // Nothing is replaced before this point, so a failed reload changes nothing.
-  // Discovery keeps its jobs across reloads; only its default port changes.
-  if (!discovery_) {
-    discovery_ = std::make_unique<Discovery>(cache_.resolver(), settings.default_port);
-  } else {
-    discovery_->set_default_port(settings.default_port);
+    if (session->authentication() && session->last_answer()) judge(*session, session->last_answer());
   }
-  identities_ = std::move(identities);
-  server_ctx_ = std::move(server);
-  client_ctx_ = std::move(client);
-  settings_ = std::move(settings);
-  return ok_status();
 }
 
 Status Node::reload(NodeSettings settings) {
-  // install() builds everything before it replaces anything: on error the
-  // running identities and policy stay.
-  return install(std::move(settings));
+  Result<Plan> plan = prepare(std::move(settings));
+  if (!plan) return plan.error();
+  commit(std::move(plan).value());
+  return ok_status();
 }
 
-Node::~Node() {
-  close_all("node shutting down");
-  alive_.reset();
+void Node::start_timers() {
+  if (!housekeeping_timer_) {
+    housekeeping_timer_ = make_uv_handle<uv_timer_t>();
+    uv_timer_init(loop_, housekeeping_timer_.get());
+    housekeeping_timer_->data = this;
+    uv_timer_start(housekeeping_timer_.get(), [](uv_timer_t* t) { static_cast<Node*>(t->data)->housekeeping(); },
+                   kHousekeepingMs, kHousekeepingMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(housekeeping_timer_.get()));  // does not keep the loop alive
+  }
+  if (!revalidate_timer_) {
+    revalidate_timer_ = make_uv_handle<uv_timer_t>();
+    uv_timer_init(loop_, revalidate_timer_.get());
+    revalidate_timer_->data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(revalidate_timer_.get()));
+  }
+  uv_timer_stop(revalidate_timer_.get());
+  if (settings_.revalidate_interval.count() > 0) {
+    auto every = static_cast<std::uint64_t>(settings_.revalidate_interval.count());
+    uv_timer_start(revalidate_timer_.get(), [](uv_timer_t* t) { static_cast<Node*>(t->data)->revalidate(); }, every,
+                   every);
+  }
 }
 
-const DomainIdentity* Node::identity(const std::string& domain) const {
-  auto it = identities_.find(domain);
-  return it == identities_.end() ? nullptr : &it->second;
+void Node::housekeeping() {
+  std::uint64_t now = uv_now(loop_);
+  message_rate_.prune(now);
+  connection_rate_.prune(now);
+  lookup_rate_.prune(now);
 }
 
-PeerSession* Node::find(std::uint64_t id) const {
-  auto it = sessions_.find(id);
-  return it == sessions_.end() ? nullptr : it->second.get();
-}
+// ---- listening and admission ------------------------------------------------------
 
-void Node::release_session(std::uint64_t id) {
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) return;
-  (void)it->second.release();  // the session deletes itself once its handles are closed
-  sessions_.erase(it);
-}
-
-Status Node::listen(const std::string& address, int port) {
+Result<Node::Listener> Node::open_listener(const std::string& address, int port) {
   sockaddr_storage addr{};
   if (uv_ip4_addr(address.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
       uv_ip6_addr(address.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
     return make_error("listen address '{}' is not an IP address", address);
   }
-  listener_ = make_uv_handle<uv_tcp_t>();
-  uv_tcp_init(loop_, listener_.get());
-  listener_->data = this;
-  if (int err = uv_tcp_bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), 0); err != 0) {
-    listener_.reset();
+  Listener listener;
+  listener.address = address;
+  listener.handle = make_uv_handle<uv_tcp_t>();
+  uv_tcp_init(loop_, listener.handle.get());
+  listener.handle->data = this;
+  if (int err = uv_tcp_bind(listener.handle.get(), reinterpret_cast<sockaddr*>(&addr), 0); err != 0) {
     return make_error("cannot bind {}:{}: {}", address, port, uv_strerror(err));
   }
-  if (int err = uv_listen(reinterpret_cast<uv_stream_t*>(listener_.get()), 128, &Node::on_connection); err != 0) {
-    listener_.reset();
+  if (int err = uv_listen(reinterpret_cast<uv_stream_t*>(listener.handle.get()), 511, &Node::on_connection);
+      err != 0) {
     return make_error("cannot listen on {}:{}: {}", address, port, uv_strerror(err));
   }
   sockaddr_storage bound{};
   int len = sizeof bound;
-  uv_tcp_getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&bound), &len);
-  port_ = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                                           : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-  log_at(LogLevel::Info, "listening on {}:{}", address, port_);
+  uv_tcp_getsockname(listener.handle.get(), reinterpret_cast<sockaddr*>(&bound), &len);
+  listener.port = ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                                                   : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  return listener;
+}
+
+void Node::use_listener(Listener listener) {
+  listener_ = std::move(listener);
+  log_at(LogLevel::Info, "listening on {}:{}", listener_.address, listener_.port);
+}
+
+Status Node::listen(const std::string& address, int port) {
+  Result<Listener> listener = open_listener(address, port);
+  if (!listener) return listener.error();
+  use_listener(std::move(listener).value());
   return ok_status();
 }
 
@@ -229,58 +200,343 @@ void Node::on_connection(uv_stream_t* server, int status) {
     log_at(LogLevel::Warning, "accept failed: {}", uv_strerror(status));
     return;
   }
-  std::uint64_t id = node->next_session_id_++;
-  auto session = std::make_unique<PeerSession>(*node, id, Direction::Inbound);
-  PeerSession* raw = session.get();
-  node->sessions_.emplace(id, std::move(session));
-  if (Status s = raw->accept_from(server); !s) {
-    raw->close(s.error().message);
+  Result<std::unique_ptr<TcpTransport>> transport = TcpTransport::accept(node->loop_, server);
+  if (!transport) {
+    log_at(LogLevel::Warning, "{}", transport.error().message);
     return;
   }
+  node->serve(std::move(transport).value());
+}
+
+void Node::serve(std::unique_ptr<Transport> transport) {
+  if (!admit_connection(transport->source())) {
+    transport->close(std::chrono::milliseconds(0));
+    return;
+  }
+  std::uint64_t id = next_session_id_++;
+  auto session = std::make_unique<PeerSession>(static_cast<SessionHost&>(*this), id, Direction::Inbound);
+  PeerSession* raw = session.get();
+  sessions_.emplace(id, std::move(session));
+  ++inbound_unauthenticated_;
+  ++unauthenticated_by_source_[transport->source()];
+  raw->accept(std::move(transport));
+}
+
+void Node::refuse_connection(const std::string& source, const std::string& why) {
+  ++stats_.refused_connections;
+  std::uint64_t now = uv_now(loop_);
+  if (now - refusals_logged_ms_ < kRefusalLogIntervalMs && refusals_logged_ms_ != 0) {
+    ++refusals_unlogged_;
+    return;
+  }
+  log_at(LogLevel::Warning, "refused a connection from {}: {}{}", source, why,
+         refusals_unlogged_ > 0 ? fmt::format(" ({} more refusals not logged)", refusals_unlogged_) : "");
+  refusals_logged_ms_ = now;
+  refusals_unlogged_ = 0;
+}
+
+bool Node::admit_connection(const std::string& source) {
+  const NodeLimits& limits = settings_.limits;
   // docs/PROTOCOL.md §7: a flood of connections is cut off at max_sessions,
   // while the sessions already up go on.
-  if (node->sessions_.size() > node->settings_.limits.max_sessions) {
-    raw->close(fmt::format("too many sessions (max_sessions {})", node->settings_.limits.max_sessions));
+  if (sessions_.size() >= limits.max_sessions) {
+    refuse_connection(source, fmt::format("too many sessions (max_sessions {})", limits.max_sessions));
+    return false;
+  }
+  // docs/SECURITY.md, "Budgets": new connections from one source are
+  // rate-limited (given back when they authenticate); then the oldest
+  // unauthenticated sessions give way, first the source's own, then those of
+  // the source holding most.
+  if (!connection_rate_.take(source, uv_now(loop_))) {
+    refuse_connection(source, fmt::format("more than {} new connections per second from this source "
+                                          "(connection_rate_per_source)",
+                                          limits.connection_rate_per_source));
+    return false;
+  }
+  if (unauthenticated_by_source_[source] >= limits.max_unauthenticated_per_source) {
+    evict_oldest_unauthenticated(source, fmt::format("{} has {} unauthenticated sessions "
+                                                     "(max_unauthenticated_per_source)",
+                                                     source, limits.max_unauthenticated_per_source));
+  } else if (inbound_unauthenticated_ >= limits.max_inbound_unauthenticated) {
+    auto biggest = std::max_element(unauthenticated_by_source_.begin(), unauthenticated_by_source_.end(),
+                                    [](const auto& a, const auto& b) { return a.second < b.second; });
+    evict_oldest_unauthenticated(biggest->first,
+                                 fmt::format("{} unauthenticated sessions (max_inbound_unauthenticated); {} holds "
+                                             "the most",
+                                             limits.max_inbound_unauthenticated, biggest->first));
+  }
+  return true;
+}
+
+void Node::evict_oldest_unauthenticated(const std::string& source, const std::string& why) {
+  PeerSession* oldest = nullptr;
+  for (const auto& [id, session] : sessions_) {
+    if (session->inbound_unauthenticated() && !session->closing() && session->source() == source &&
+        (oldest == nullptr || session->started_ms() < oldest->started_ms())) {
+      oldest = session.get();
+    }
+  }
+  if (oldest == nullptr) return;
+  ++stats_.evicted;
+  oldest->close(fmt::format("evicted to admit a newer connection: {}", why), ErrorCode::Timeout);
+}
+
+// ---- sessions: the SessionHost side ---------------------------------------------
+
+std::shared_ptr<const DomainIdentity> Node::identity(std::string_view domain) const {
+  return tls_->identities().find(domain);
+}
+
+Result<KeyCache::LookupId> Node::lookup_claimed_keys(const SessionInfo& session, const std::string& source,
+                                                     KeyCache::Callback callback) {
+  const std::string& domain = session.peer_domain;
+  if (cache_.is_fresh(domain)) return cache_.lookup(domain, std::move(callback));
+  // docs/SECURITY.md, "Budgets": a claim that needs DNS costs its source a
+  // lookup token (given back if it authenticates), within a bound on the
+  // lookups waiting at once.
+  const NodeLimits& limits = settings_.limits;
+  if (claim_lookups_.size() >= limits.max_pending_lookups) {
+    ++stats_.refused_lookups;
+    return make_error("too many key lookups pending (max_pending_lookups {})", limits.max_pending_lookups);
+  }
+  if (!lookup_rate_.take(source, uv_now(loop_))) {
+    ++stats_.refused_lookups;
+    return make_error("more than {} key lookups per second from {} (lookup_rate_per_source)",
+                      limits.lookup_rate_per_source, source);
+  }
+  paid_lookup_.insert(session.id);
+  auto slot = std::make_shared<KeyCache::LookupId>(0);
+  std::weak_ptr<bool> alive = alive_;
+  KeyCache::LookupId id =
+      cache_.lookup(domain, [this, alive, slot, callback = std::move(callback)](std::shared_ptr<const CachedKeys> e) {
+        if (alive.expired()) return;
+        claim_lookups_.erase(*slot);
+        callback(std::move(e));
+      });
+  if (id == 0) return id;  // answered meanwhile
+  *slot = id;
+  claim_lookups_.emplace(id, source);
+  return id;
+}
+
+void Node::cancel_lookup(KeyCache::LookupId id) {
+  claim_lookups_.erase(id);
+  cache_.cancel(id);
+}
+
+PolicyVerdict Node::admit(const SessionInfo& info, AuditEvent event, const DomainKeys& answer,
+                          std::span<const std::uint8_t> peer_spki) {
+  PolicyVerdict verdict = decide(settings_.policy, info.direction, answer, peer_spki);
+  const NodeLimits& limits = settings_.limits;
+  if (is_accepted(verdict.decision) && info.direction == Direction::Inbound) {
+    // docs/SECURITY.md, "Budgets": authenticated peers have their own budget,
+    // and one peer domain cannot take all of it.
+    std::string over;
+    if (inbound_authenticated_ >= limits.max_inbound_authenticated) {
+      over = fmt::format("too many authenticated inbound sessions (max_inbound_authenticated {})",
+                         limits.max_inbound_authenticated);
+    } else if (authenticated_by_peer_domain_[info.peer_domain] >= limits.max_sessions_per_peer_domain) {
+      over = fmt::format("{} already has {} sessions (max_sessions_per_peer_domain)", info.peer_domain,
+                         limits.max_sessions_per_peer_domain);
+    }
+    if (!over.empty()) verdict = PolicyVerdict{Decision::Refuse, over, verdict.key, verdict.key_checked};
+  }
+  write_audit(info, event, verdict, answer.outcome);
+  return verdict;
+}
+
+void Node::audit(const SessionInfo& info, AuditEvent event, const PolicyVerdict& verdict) {
+  write_audit(info, event, verdict, std::nullopt);
+}
+
+void Node::write_audit(const SessionInfo& info, AuditEvent event, const PolicyVerdict& verdict,
+                       std::optional<DnsOutcome> outcome) {
+  std::string line = audit_json(info, event, verdict, outcome);
+  if (handlers_.audit) {
+    handlers_.audit(line);
+  } else {
+    log_audit(line);
   }
 }
+
+void Node::established(PeerSession& session) {
+  const SessionInfo& info = session.info();
+  if (info.direction != Direction::Inbound) return;
+  --inbound_unauthenticated_;
+  if (--unauthenticated_by_source_[session.source()] == 0) unauthenticated_by_source_.erase(session.source());
+  ++inbound_authenticated_;
+  ++authenticated_by_peer_domain_[info.peer_domain];
+  // Only strangers pay: an accepted peer gets its tokens back.
+  connection_rate_.refund(session.source());
+  if (paid_lookup_.erase(info.id) > 0) lookup_rate_.refund(session.source());
+}
+
+void Node::closed(PeerSession& session, const std::string& reason) {
+  auto it = sessions_.find(session.info().id);
+  if (it == sessions_.end()) return;
+  const SessionInfo& info = session.info();
+  if (info.direction == Direction::Outbound) {
+    --outbound_;
+  } else if (!info.established) {
+    --inbound_unauthenticated_;
+    if (--unauthenticated_by_source_[session.source()] == 0) unauthenticated_by_source_.erase(session.source());
+  } else {
+    --inbound_authenticated_;
+    if (--authenticated_by_peer_domain_[info.peer_domain] == 0) authenticated_by_peer_domain_.erase(info.peer_domain);
+  }
+  paid_lookup_.erase(info.id);
+  presence_.drop_session(info.id);
+  (void)it->second.release();  // the session frees itself once its transport has closed
+  sessions_.erase(it);
+  if (handlers_.on_session_closed) handlers_.on_session_closed(info, reason);
+}
+
+bool Node::take_message_token(const std::string& peer_domain) {
+  return message_rate_.take(peer_domain, uv_now(loop_));
+}
+
+void Node::deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
+                   DeliveryReply reply) {
+  // docs/PROTOCOL.md §5: every recipient (To and cc) must be hosted here.
+  for (const auto* list : {&message.to, &message.cc}) {
+    for (const CpimAddress& recipient : *list) {
+      if (!identity(recipient.domain)) {
+        return reply(NackPayload{0, NackCode::UnknownRecipient, fmt::format("{} is not hosted here", recipient.uri)});
+      }
+    }
+  }
+  if (handlers_.on_message) handlers_.on_message({session, std::move(message), std::move(cpim)});
+  reply(std::nullopt);
+}
+
+std::optional<NackPayload> Node::presence_request(const SessionInfo& session, FrameType type,
+                                                  const PresenceRequest& request) {
+  auto watcher = parse_user_uri(request.watcher, UriScheme::Pres);
+  auto presentity = parse_user_uri(request.presentity, UriScheme::Pres);
+  if (!watcher || !presentity || watcher->domain != session.peer_domain || !identity(presentity->domain)) {
+    return NackPayload{0, NackCode::NotAuthorized, "watcher must be of the peer domain and presentity hosted here"};
+  }
+  if (type == FrameType::Unsubscribe) {
+    presence_.unsubscribe(session.id, request.watcher, request.presentity);
+    return std::nullopt;
+  }
+  if (Status s = presence_.subscribe(session.id, request.watcher, request.presentity); !s) {
+    return NackPayload{0, NackCode::LimitExceeded, s.error().message};
+  }
+  return std::nullopt;
+}
+
+const std::string& Node::notify_document(const std::string& presentity) { return presence_.document(presentity); }
+
+void Node::notify_received(const SessionInfo& session, const NotifyPayload& notify) {
+  if (handlers_.on_notify) handlers_.on_notify(session, notify);
+}
+
+// ---- revocation (docs/POLICY.md §4) -------------------------------------------------
+
+void Node::on_answer(const std::string& domain, const std::shared_ptr<const CachedKeys>& entry) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, session] : sessions_) {
+    if (!session->closing() && session->info().peer_domain == domain) ids.push_back(id);
+  }
+  for (std::uint64_t id : ids) {
+    PeerSession* session = find(id);
+    if (session == nullptr || session->closing()) continue;
+    if (session->authentication()) {
+      judge(*session, entry);
+    } else {
+      session->update_target_keys(entry);  // an outbound session not decided yet uses the newest answer
+    }
+  }
+  if (entry->answer.outcome == DnsOutcome::TempFail) end_stale_sessions();
+}
+
+void Node::judge(PeerSession& session, const std::shared_ptr<const CachedKeys>& entry) {
+  RecheckVerdict verdict = recheck(settings_.policy, *session.authentication(), entry->answer);
+  if (!verdict.keep) return revoke(session, verdict.reason, entry->answer.outcome);
+  if (verdict.confirmed) session.confirm(entry);
+}
+
+void Node::revoke(PeerSession& session, const std::string& reason, std::optional<DnsOutcome> outcome) {
+  ++stats_.revoked;
+  write_audit(session.info(), AuditEvent::Revoke, PolicyVerdict{Decision::Refuse, reason, session.info().peer_key},
+              outcome);
+  session.close(reason, ErrorCode::KeyRevoked);
+}
+
+void Node::end_stale_sessions() {
+  TimePoint now = cache_.now();
+  std::vector<std::uint64_t> stale;
+  for (const auto& [id, session] : sessions_) {
+    if (!session->closing() && session->authentication() &&
+        now > session->confirmed_until() + settings_.policy.max_key_staleness) {
+      stale.push_back(id);
+    }
+  }
+  for (std::uint64_t id : stale) {
+    PeerSession* session = find(id);
+    if (session == nullptr || session->closing()) continue;
+    revoke(*session,
+           fmt::format("the keys of {} could not be confirmed for more than {} s after they expired "
+                       "(max_key_staleness_s): every lookup since failed",
+                       session->info().peer_domain, settings_.policy.max_key_staleness.count()),
+           DnsOutcome::TempFail);
+  }
+}
+
+void Node::revalidate() {
+  std::set<std::string> domains;
+  for (const auto& [id, session] : sessions_) {
+    if (session->authentication() && !session->closing()) domains.insert(session->info().peer_domain);
+  }
+  for (const std::string& domain : domains) cache_.lookup(domain, [](std::shared_ptr<const CachedKeys>) {});
+  end_stale_sessions();
+}
+
+// ---- outbound -------------------------------------------------------------------
 
 void Node::connect(const std::string& local_domain, const std::string& peer_domain, const std::string& address,
                    int port, ConnectCallback callback) {
   Result<std::string> peer = normalize_domain(peer_domain);
   if (!peer) return callback(peer.error());
-  if (identity(local_domain) == nullptr) return callback(make_error("{} is not hosted by this node", local_domain));
-  if (sessions_.size() >= settings_.limits.max_sessions) {
-    return callback(make_error("too many sessions (max_sessions {})", settings_.limits.max_sessions));
+  if (!identity(local_domain)) return callback(make_error("{} is not hosted by this node", local_domain));
+  const NodeLimits& limits = settings_.limits;
+  if (outbound_ >= limits.max_outbound) {
+    return callback(make_error("too many outbound sessions (max_outbound {})", limits.max_outbound));
+  }
+  if (sessions_.size() >= limits.max_sessions) {
+    return callback(make_error("too many sessions (max_sessions {})", limits.max_sessions));
   }
   std::uint64_t id = next_session_id_++;
-  auto session = std::make_unique<PeerSession>(*this, id, Direction::Outbound);
-  session->info.local_domain = local_domain;
-  session->info.peer_domain = *peer;
-  sessions_.emplace(id, std::move(session));
+  auto owned = std::make_unique<PeerSession>(static_cast<SessionHost&>(*this), id, Direction::Outbound);
+  PeerSession* session = owned.get();
+  sessions_.emplace(id, std::move(owned));
+  ++outbound_;
+  session->await_keys(local_domain, *peer, std::move(callback));
   // The target's keys first: the server found must hold one of them.
   std::weak_ptr<bool> alive = alive_;
-  auto shared_callback = std::make_shared<ConnectCallback>(std::move(callback));
-  cache_.lookup(*peer, [alive, this, id, address, port, shared_callback](std::shared_ptr<const CachedKeys> entry) {
-    if (alive.expired()) return;
-    PeerSession* pending = find(id);
-    if (pending == nullptr || pending->closing()) return;
-    // docs/POLICY.md §1: where the answer alone decides (bogus, temp-fail,
-    // unusable, no-keys or insecure refused, a refused domain), the decision
-    // is made before any connection: a deferred peer is not contacted.
-    const DomainKeys& answer = entry->answer;
-    PolicyVerdict early = decide(settings_.policy, Direction::Outbound, answer, {});
-    if (!early.key_checked && !is_accepted(early.decision)) {
-      pending->info.outcome = answer.outcome;
-      pending->info.decision = early.decision;
-      audit(*pending, "connect", early, answer.outcome);
-      std::string reason = fmt::format("{} {}: {}", to_string(early.decision), pending->info.peer_domain, early.reason);
-      ConnectCallback report = std::move(*shared_callback);
-      pending->close(reason);
-      report(make_error("{}", reason));
-      return;
-    }
-    pending->connect_to(address, port, answer, std::move(*shared_callback));
-  });
+  KeyCache::LookupId lookup =
+      cache_.lookup(*peer, [alive, this, id, address, port](std::shared_ptr<const CachedKeys> entry) {
+        if (alive.expired()) return;
+        PeerSession* pending = find(id);
+        if (pending == nullptr || pending->closing()) return;
+        pending->set_lookup(0);
+        // docs/POLICY.md §1: where the answer alone decides (bogus, temp-fail,
+        // unusable, no-keys or insecure refused, a refused domain), the
+        // decision is made before any connection: a deferred peer is not contacted.
+        PolicyVerdict early = decide(settings_.policy, Direction::Outbound, entry->answer, {});
+        if (!early.key_checked && !is_accepted(early.decision)) {
+          write_audit(pending->info(), AuditEvent::Connect, early, entry->answer.outcome);
+          return pending->fail_connect(
+              fmt::format("{} {}: {}", to_string(early.decision), pending->info().peer_domain, early.reason));
+        }
+        Result<std::unique_ptr<TcpTransport>> transport = TcpTransport::connect(loop_, address, port);
+        if (!transport) return pending->fail_connect(transport.error().message);
+        pending->connect(std::move(transport).value(), entry);
+      });
+  if (PeerSession* pending = find(id); pending != nullptr && pending->state() == PeerSession::State::AwaitKeys) {
+    pending->set_lookup(lookup);
+  }
 }
 
 void Node::connect_domain(const std::string& local_domain, const std::string& peer_domain, ConnectCallback callback) {
@@ -312,7 +568,14 @@ void Node::try_servers(const std::string& local_domain, const std::string& peer_
           });
 }
 
-Result<PeerSession*> Node::established(std::uint64_t session_id) const {
+// ---- using sessions ---------------------------------------------------------------
+
+PeerSession* Node::find(std::uint64_t id) const {
+  auto it = sessions_.find(id);
+  return it == sessions_.end() ? nullptr : it->second.get();
+}
+
+Result<PeerSession*> Node::established_session(std::uint64_t session_id) const {
   PeerSession* session = find(session_id);
   if (session == nullptr || session->state() != PeerSession::State::Established) {
     return make_error("no established session {}", session_id);
@@ -321,37 +584,30 @@ Result<PeerSession*> Node::established(std::uint64_t session_id) const {
 }
 
 Status Node::send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback) {
-  Result<PeerSession*> session = established(session_id);
+  Result<PeerSession*> session = established_session(session_id);
   if (!session) return session.error();
   (*session)->send_message(std::move(cpim), std::move(callback));
   return ok_status();
 }
 
-Status Node::send_presence(std::uint64_t session_id, FrameType type, const std::string& watcher,
-                           const std::string& presentity) {
-  Result<PeerSession*> session = established(session_id);
+Status Node::subscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity) {
+  Result<PeerSession*> session = established_session(session_id);
   if (!session) return session.error();
-  (*session)->send_frame(encode_presence(type, {0, watcher, presentity}));
+  (*session)->send_frame(encode_presence(FrameType::Subscribe, {0, watcher, presentity}));
   return ok_status();
 }
 
-Status Node::subscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity) {
-  return send_presence(session_id, FrameType::Subscribe, watcher, presentity);
-}
-
 Status Node::unsubscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity) {
-  return send_presence(session_id, FrameType::Unsubscribe, watcher, presentity);
+  Result<PeerSession*> session = established_session(session_id);
+  if (!session) return session.error();
+  (*session)->send_frame(encode_presence(FrameType::Unsubscribe, {0, watcher, presentity}));
+  return ok_status();
 }
 
 void Node::set_presence(const std::string& presentity, const std::string& document) {
-  presence_[presentity] = document;
-  for (auto& [id, session] : sessions_) {
-    for (const auto& [watcher, watched] : session->subscriptions) {
-      if (watched == presentity) {
-        session->send_frame(encode_notify({presentity, document}));
-        break;
-      }
-    }
+  std::vector<std::uint8_t> frame = encode_notify({presentity, document});
+  for (std::uint64_t id : presence_.publish(presentity, document)) {
+    if (PeerSession* session = find(id)) session->send_frame(frame);
   }
 }
 
@@ -367,89 +623,14 @@ void Node::close_all(const std::string& reason) {
 
 std::vector<SessionInfo> Node::sessions() const {
   std::vector<SessionInfo> out;
-  for (const auto& [id, session] : sessions_) out.push_back(session->info);
+  for (const auto& [id, session] : sessions_) out.push_back(session->info());
   return out;
 }
 
 std::optional<SessionInfo> Node::session(std::uint64_t id) const {
   PeerSession* s = find(id);
   if (s == nullptr) return std::nullopt;
-  return s->info;
-}
-
-void Node::revalidate() {
-  std::set<std::string> domains;
-  for (const auto& [id, session] : sessions_) {
-    if (session->info.established) domains.insert(session->info.peer_domain);
-  }
-  for (const std::string& domain : domains) cache_.lookup(domain, [](std::shared_ptr<const CachedKeys>) {});
-}
-
-// docs/POLICY.md §4: a key the domain no longer publishes ends the sessions
-// it authenticated; a domain that starts publishing keys ends its
-// unauthenticated sessions.
-void Node::on_key_change(const KeySetChange& change) {
-  std::vector<std::uint64_t> ids;
-  for (const auto& [id, session] : sessions_) {
-    if (session->info.established && session->info.peer_domain == change.domain) ids.push_back(id);
-  }
-  for (std::uint64_t id : ids) {
-    PeerSession* session = find(id);
-    if (session == nullptr) continue;
-    const SessionInfo& info = session->info;
-    std::string reason;
-    if (info.peer_key) {
-      for (const FederationKey& removed : change.removed) {
-        if (removed.same_key(*info.peer_key)) {
-          reason = fmt::format("key {} of {} is no longer published ({})", removed.key_tag, change.domain,
-                               to_string(change.after->answer.outcome));
-        }
-      }
-    } else if (info.decision == Decision::Unauthenticated && change.after->answer.outcome == DnsOutcome::Keys) {
-      reason = fmt::format("{} now publishes keys; the unauthenticated session must end", change.domain);
-    }
-    if (reason.empty()) continue;
-    audit(*session, "revoke", PolicyVerdict{Decision::Refuse, reason, info.peer_key}, change.after->answer.outcome);
-    session->close(reason, ErrorCode::KeyRevoked);
-  }
-}
-
-void Node::audit(const PeerSession& session, std::string_view event, const PolicyVerdict& verdict,
-                 DnsOutcome outcome) {
-  const SessionInfo& info = session.info;
-  nlohmann::json line = {{"time", utc_now()},
-                         {"event", event},
-                         {"session", info.id},
-                         {"direction", to_string(info.direction)},
-                         {"peer_address", info.peer_address},
-                         {"local_domain", info.local_domain},
-                         {"claimed_domain", info.peer_domain},
-                         {"outcome", to_string(outcome)},
-                         {"decision", to_string(verdict.decision)},
-                         {"reason", verdict.reason}};
-  if (verdict.key) {
-    line["key_tag"] = verdict.key->key_tag;
-    line["spki_sha256"] = verdict.key->spki_sha256;
-  }
-  std::string text = line.dump();
-  if (handlers_.audit) {
-    handlers_.audit(text);
-  } else {
-    log_line(LogLevel::Info, "audit " + text);
-  }
-}
-
-bool Node::take_message_token(const std::string& peer_domain) {
-  std::uint64_t now = uv_now(loop_);
-  const NodeLimits& limits = settings_.limits;
-  auto [it, fresh] = buckets_.try_emplace(peer_domain, Bucket{limits.message_burst, now});
-  Bucket& bucket = it->second;
-  bucket.tokens = std::min(limits.message_burst,
-                           bucket.tokens + static_cast<double>(now - bucket.last_ms) / 1000.0 * limits.message_rate);
-  bucket.last_ms = now;
-  if (bucket.tokens < 1.0) return false;
-  bucket.tokens -= 1.0;
-  return true;
+  return s->info();
 }
 
 }  // namespace keyfed

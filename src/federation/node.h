@@ -1,7 +1,8 @@
 // Node: one federation server hosting one or more domains. It accepts and
 // opens TLS 1.3 sessions on the libuv loop, authenticates peer domains
-// against their DNSSEC-validated keys (docs/POLICY.md), and relays
-// message/cpim and presence over the wire protocol (docs/PROTOCOL.md).
+// against their DNSSEC-validated keys (docs/POLICY.md), relays message/cpim
+// and presence over the wire protocol (docs/PROTOCOL.md), and keeps every
+// stranger within its budgets (docs/SECURITY.md).
 #pragma once
 
 #include <chrono>
@@ -10,7 +11,9 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <uv.h>
@@ -22,69 +25,56 @@
 #include "federation/discovery.h"
 #include "federation/frames.h"
 #include "federation/identity.h"
+#include "federation/limits.h"
 #include "federation/policy.h"
+#include "federation/presence.h"
+#include "federation/rate_limiter.h"
+#include "federation/session_host.h"
+#include "federation/tls_context.h"
+#include "federation/transport.h"
 
 namespace keyfed {
 
-/// docs/CONFIG.md, "[limits]".
-struct NodeLimits {
-  std::chrono::milliseconds connect_timeout{5000};     ///< per address tried
-  std::chrono::milliseconds handshake_timeout{10000};  ///< TLS + claim + key lookup, after TCP connect
-  std::chrono::milliseconds idle_timeout{300000};      ///< nothing received for this long: close
-  std::chrono::milliseconds keepalive_interval{60000}; ///< PING when nothing was sent for this long
-  std::size_t max_sessions = 1000;
-  std::size_t max_frame_size = 64 * 1024;
-  double message_rate = 100;   ///< messages per second per peer domain (token bucket)
-  double message_burst = 200;  ///< bucket size
-  std::uint64_t rekey_bytes = std::uint64_t{1} << 30;  ///< TLS KeyUpdate after this many bytes sent
-  std::chrono::seconds rekey_interval{3600};           ///< ... or this long
-};
-
-/// Checks ranges (docs/CONFIG.md); the error names the setting.
-Status check_node_limits(const NodeLimits& limits);
-
 struct HostedDomain {
-  std::string domain;                          ///< normalized
-  std::vector<std::filesystem::path> key_files;  ///< the first is used; all may be published
+  std::string domain;                            ///< normalized
+  std::vector<std::filesystem::path> key_files;  ///< the first is presented; all are loaded and checked
+
+  bool operator==(const HostedDomain&) const = default;
 };
 
 struct NodeSettings {
   std::vector<HostedDomain> domains;
   PolicyConfig policy;
   NodeLimits limits;
-  std::chrono::milliseconds revalidate_interval{10000};  ///< re-check keys of live peers
+  std::chrono::milliseconds revalidate_interval{10000};  ///< re-check keys of live peers; 0: never
   int default_port = 5269;  ///< discovery: port when a domain has no SRV record
-};
 
-/// What is known about a session, for callbacks, logs and message metadata.
-struct SessionInfo {
-  std::uint64_t id = 0;
-  Direction direction = Direction::Inbound;
-  std::string peer_address;  ///< "ip:port"
-  std::string local_domain;
-  std::string peer_domain;   ///< claimed (inbound) or target (outbound); empty before the claim
-  DnsOutcome outcome = DnsOutcome::TempFail;
-  Decision decision = Decision::Refuse;
-  std::optional<FederationKey> peer_key;  ///< the key the peer proved it holds
-  bool established = false;
-  std::uint64_t key_updates = 0;  ///< TLS KeyUpdates this side requested
+  bool operator==(const NodeSettings&) const = default;
 };
 
 struct DeliveredMessage {
   SessionInfo session;  ///< session.decision says whether the sender's domain was authenticated
-  CpimRouting routing;
+  CpimMessage message;  ///< the parsed headers (docs/PROTOCOL.md §5.1)
   std::vector<std::uint8_t> cpim;  ///< verbatim
+};
+
+/// What the node refused or cut off, for tests and operators.
+struct NodeStats {
+  std::uint64_t refused_connections = 0;  ///< closed at accept: max_sessions or a per-source rate
+  std::uint64_t evicted = 0;              ///< unauthenticated sessions cut off to admit newer ones
+  std::uint64_t refused_lookups = 0;      ///< claims refused before any lookup (lookup budgets)
+  std::uint64_t revoked = 0;              ///< live sessions ended by POLICY.md §4
 };
 
 class PeerSession;
 
-class Node {
+class Node final : private SessionHost {
  public:
   struct Handlers {
     std::function<void(const DeliveredMessage&)> on_message;
     std::function<void(const SessionInfo&, const NotifyPayload&)> on_notify;
     std::function<void(const SessionInfo&, const std::string& reason)> on_session_closed;
-    /// One JSON object per line for every authentication decision (default: the log).
+    /// One JSON object per authentication decision (default: the log, log_audit()).
     std::function<void(const std::string&)> audit;
   };
   using ConnectCallback = std::function<void(Result<SessionInfo>)>;
@@ -100,9 +90,24 @@ class Node {
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 
-  /// Listens on address:port (port 0: any); see port().
+  /// A listening socket, bound and listening, not yet the node's own.
+  struct Listener {
+    UvHandle<uv_tcp_t> handle;
+    std::string address;
+    int port = 0;
+  };
+  /// Binds and listens on address:port (port 0: any); connections are served
+  /// by this node from now on. Does not replace the current listener.
+  Result<Listener> open_listener(const std::string& address, int port);
+  /// Makes `listener` the node's (closing the previous one).
+  void use_listener(Listener listener);
+  /// open_listener() then use_listener().
   Status listen(const std::string& address, int port);
-  int port() const { return port_; }
+  int port() const { return listener_.port; }
+
+  /// Serves a connection accepted elsewhere (tests, the session fuzzer) under
+  /// the same budgets as one accepted from the listener.
+  void serve(std::unique_ptr<Transport> transport);
 
   /// Opens a session as `local_domain` to the server of `peer_domain` at
   /// address:port, authenticating it against the domain's keys.
@@ -126,55 +131,101 @@ class Node {
 
   std::vector<SessionInfo> sessions() const;
   std::optional<SessionInfo> session(std::uint64_t id) const;
+  const NodeStats& stats() const { return stats_; }
 
   /// Looks up the keys of every live peer domain now, so that a changed key
-  /// set closes the sessions it no longer covers (docs/POLICY.md §4).
+  /// set closes the sessions it no longer covers, and ends sessions whose
+  /// keys could not be confirmed for max_key_staleness (docs/POLICY.md §4).
   void revalidate();
 
-  /// New identities, policy and limits for sessions from now on (SIGHUP).
+  /// A new configuration, in two steps (see KeyResolver::prepare): prepare()
+  /// loads keys and builds TLS contexts and can fail; commit() cannot.
+  struct Plan {
+    NodeSettings settings;
+    std::shared_ptr<const TlsContexts> tls;
+  };
+  Result<Plan> prepare(NodeSettings settings) const;
+  /// Puts a plan in service: new sessions use it; sessions of a domain no
+  /// longer hosted are closed; every live session is judged again at once
+  /// under the new policy against the last answer it was judged on.
+  void commit(Plan plan);
+  /// prepare() then commit(); on error nothing changes.
   Status reload(NodeSettings settings);
 
   const NodeSettings& settings() const { return settings_; }
 
  private:
-  friend class PeerSession;
   Node(uv_loop_t* loop, KeyCache& cache, Handlers handlers);
-  Status install(NodeSettings settings);
-  const DomainIdentity* identity(const std::string& domain) const;
+
+  // SessionHost
+  uv_loop_t* loop() override { return loop_; }
+  const NodeLimits& limits() const override { return settings_.limits; }
+  std::shared_ptr<const TlsContexts> tls() const override { return tls_; }
+  std::shared_ptr<const DomainIdentity> identity(std::string_view domain) const override;
+  Result<KeyCache::LookupId> lookup_claimed_keys(const SessionInfo& session, const std::string& source,
+                                                 KeyCache::Callback callback) override;
+  void cancel_lookup(KeyCache::LookupId id) override;
+  PolicyVerdict admit(const SessionInfo& session, AuditEvent event, const DomainKeys& answer,
+                      std::span<const std::uint8_t> peer_spki) override;
+  void audit(const SessionInfo& session, AuditEvent event, const PolicyVerdict& verdict) override;
+  void established(PeerSession& session) override;
+  bool take_message_token(const std::string& peer_domain) override;
+  void deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
+               DeliveryReply reply) override;
+  std::optional<NackPayload> presence_request(const SessionInfo& session, FrameType type,
+                                              const PresenceRequest& request) override;
+  const std::string& notify_document(const std::string& presentity) override;
+  void notify_received(const SessionInfo& session, const NotifyPayload& notify) override;
+  void closed(PeerSession& session, const std::string& reason) override;
+
   PeerSession* find(std::uint64_t id) const;
-  Result<PeerSession*> established(std::uint64_t id) const;
-  Status send_presence(std::uint64_t session_id, FrameType type, const std::string& watcher,
-                       const std::string& presentity);
-  void on_key_change(const KeySetChange& change);
-  void audit(const PeerSession& session, std::string_view event, const PolicyVerdict& verdict,
-             DnsOutcome outcome);
-  bool take_message_token(const std::string& peer_domain);
-  /// Gives up ownership of a closing session, which frees itself once its handles are closed.
-  void release_session(std::uint64_t id);
+  Result<PeerSession*> established_session(std::uint64_t id) const;
+  void write_audit(const SessionInfo& session, AuditEvent event, const PolicyVerdict& verdict,
+                   std::optional<DnsOutcome> outcome);
+  /// docs/SECURITY.md, "Budgets": an inbound connection is refused, or an
+  /// older unauthenticated one is cut off to make room. False: refused.
+  bool admit_connection(const std::string& source);
+  void evict_oldest_unauthenticated(const std::string& source, const std::string& why);
+  void refuse_connection(const std::string& source, const std::string& why);
+  void on_answer(const std::string& domain, const std::shared_ptr<const CachedKeys>& entry);
+  /// POLICY.md §4 for one session against one answer; closes it if need be.
+  void judge(PeerSession& session, const std::shared_ptr<const CachedKeys>& entry);
+  void end_stale_sessions();
+  void revoke(PeerSession& session, const std::string& reason, std::optional<DnsOutcome> outcome);
   void try_servers(const std::string& local_domain, const std::string& peer_domain,
                    std::shared_ptr<const std::vector<ServerAddress>> servers, std::size_t next,
                    std::string failures, ConnectCallback callback);
+  void start_timers();
+  void housekeeping();
   static void on_connection(uv_stream_t* server, int status);
 
   uv_loop_t* loop_;
   KeyCache& cache_;
   Handlers handlers_;
   NodeSettings settings_;
-  std::map<std::string, DomainIdentity> identities_;
+  std::shared_ptr<const TlsContexts> tls_;
   std::unique_ptr<Discovery> discovery_;
-  SslCtxPtr server_ctx_;
-  SslCtxPtr client_ctx_;
-  UvHandle<uv_tcp_t> listener_;
+  Listener listener_;
   UvHandle<uv_timer_t> revalidate_timer_;
-  int port_ = 0;
+  UvHandle<uv_timer_t> housekeeping_timer_;
   std::uint64_t next_session_id_ = 1;
   std::map<std::uint64_t, std::unique_ptr<PeerSession>> sessions_;
-  struct Bucket {
-    double tokens;
-    std::uint64_t last_ms;
-  };
-  std::map<std::string, Bucket> buckets_;
-  std::map<std::string, std::string> presence_;  // presentity -> document
+  NodeStats stats_;
+
+  // docs/SECURITY.md, "Budgets".
+  std::size_t inbound_unauthenticated_ = 0;
+  std::size_t inbound_authenticated_ = 0;
+  std::size_t outbound_ = 0;
+  std::unordered_map<std::string, std::size_t> unauthenticated_by_source_;
+  std::unordered_map<std::string, std::size_t> authenticated_by_peer_domain_;
+  std::unordered_map<KeyCache::LookupId, std::string> claim_lookups_;  // pending, with their source
+  std::set<std::uint64_t> paid_lookup_;  // sessions whose claim cost a lookup token
+  RateLimiter message_rate_;
+  RateLimiter connection_rate_;
+  RateLimiter lookup_rate_;
+  PresenceBook presence_;
+  std::uint64_t refusals_logged_ms_ = 0;
+  std::uint64_t refusals_unlogged_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for callbacks that may outlive the node
 };
 

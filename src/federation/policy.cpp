@@ -40,6 +40,21 @@ PolicyVerdict require_key(const DomainKeys& answer, std::span<const std::uint8_t
   return out;
 }
 
+// The domain an alias target names: "_impp._tcp.provider.test" is provider.test's key name.
+std::string_view alias_domain(std::string_view name) {
+  constexpr std::string_view kPrefix = "_impp._tcp.";
+  if (name.starts_with(kPrefix)) name.remove_prefix(kPrefix.size());
+  return name;
+}
+
+// docs/KEYS.md, "Aliases and wildcards": where the keys came from, for the reason.
+std::string provenance(const DomainKeys& answer) {
+  std::string out;
+  if (!answer.aliases.empty()) out += fmt::format(" (via alias {})", answer.aliases.back());
+  if (answer.wildcard) out += " (from a wildcard)";
+  return out;
+}
+
 }  // namespace
 
 std::string_view to_string(Decision decision) {
@@ -78,18 +93,42 @@ bool is_accepted(Decision decision) {
          decision == Decision::Unauthenticated;
 }
 
+bool admits_unauthenticated(const PolicyConfig& config) {
+  return config.allow_unauthenticated || config.insecure == InsecurePolicy::Unauthenticated;
+}
+
+std::optional<PeerOverride> find_override(const PolicyConfig& config, std::string_view domain) {
+  if (auto it = config.overrides.find(std::string(domain)); it != config.overrides.end()) return it->second;
+  // "*.suffix": the longest suffix wins, so a narrower entry can refine a wider one.
+  for (std::size_t dot = domain.find('.'); dot != std::string_view::npos; dot = domain.find('.', dot + 1)) {
+    std::string wildcard = fmt::format("*.{}", domain.substr(dot + 1));
+    if (auto it = config.overrides.find(wildcard); it != config.overrides.end()) return it->second;
+  }
+  return std::nullopt;
+}
+
 PolicyVerdict decide(const PolicyConfig& config, Direction direction, const DomainKeys& answer,
                      std::span<const std::uint8_t> peer_spki) {
-  auto override_it = config.overrides.find(answer.domain);
-  // POLICY.md §3: an explicit refusal wins over everything.
-  if (override_it != config.overrides.end() && override_it->second == PeerOverride::Refuse) {
+  std::optional<PeerOverride> override_of = find_override(config, answer.domain);
+  // POLICY.md §3: an explicit refusal wins over everything, also when it
+  // names a domain this one's keys are aliased to.
+  if (override_of == PeerOverride::Refuse) {
     return verdict(Decision::Refuse, fmt::format("{} is refused by configuration", answer.domain));
   }
-  bool require_auth = override_it != config.overrides.end() && override_it->second == PeerOverride::RequireAuth;
+  for (const std::string& alias : answer.aliases) {
+    if (find_override(config, alias_domain(alias)) == PeerOverride::Refuse) {
+      return verdict(Decision::Refuse, fmt::format("{}'s keys are an alias of {}, which is refused by configuration",
+                                                   answer.domain, alias));
+    }
+  }
+  bool require_auth = override_of == PeerOverride::RequireAuth;
 
   switch (answer.outcome) {
-    case DnsOutcome::Keys:
-      return require_key(answer, peer_spki, Decision::Authenticated, "validated");
+    case DnsOutcome::Keys: {
+      PolicyVerdict out = require_key(answer, peer_spki, Decision::Authenticated, "validated");
+      out.reason += provenance(answer);
+      return out;
+    }
 
     case DnsOutcome::Bogus:
     case DnsOutcome::TempFail: {
@@ -126,11 +165,41 @@ PolicyVerdict decide(const PolicyConfig& config, Direction direction, const Doma
         case InsecurePolicy::Unauthenticated:
           return verdict(Decision::Unauthenticated,
                          fmt::format("{} has no DNSSEC chain of trust; accepted unauthenticated", answer.domain));
-        case InsecurePolicy::WeakAuth:
-          return require_key(answer, peer_spki, Decision::WeaklyAuthenticated, "unvalidated");
+        case InsecurePolicy::WeakAuth: {
+          PolicyVerdict out = require_key(answer, peer_spki, Decision::WeaklyAuthenticated, "unvalidated");
+          out.reason += provenance(answer);
+          return out;
+        }
       }
   }
   return verdict(Decision::Refuse, "unknown lookup outcome");
+}
+
+RecheckVerdict recheck(const PolicyConfig& config, const SessionAuthentication& session, const DomainKeys& fresh) {
+  RecheckVerdict out;
+  if (fresh.outcome == DnsOutcome::TempFail) {
+    // Our failure to ask is not a statement by the domain (KEYS.md, "Caching").
+    out.reason = fresh.reason;
+    return out;
+  }
+  out.verdict = decide(config, session.direction, fresh, session.peer_spki);
+  const PolicyVerdict& v = out.verdict;
+  if (!is_accepted(v.decision)) {
+    out.keep = false;
+    bool key_gone = session.key && v.key_checked && !fresh.keys.empty();
+    out.reason = key_gone ? fmt::format("key {} of {} is no longer published ({})", session.key->key_tag,
+                                        fresh.domain, to_string(fresh.outcome))
+                          : v.reason;
+  } else if (v.decision != session.decision) {
+    out.keep = false;
+    out.reason = session.decision == Decision::Unauthenticated && fresh.outcome == DnsOutcome::Keys
+                     ? fmt::format("{} now publishes keys; the unauthenticated session must end", fresh.domain)
+                     : fmt::format("{} would now be {} rather than {}: {}", fresh.domain, to_string(v.decision),
+                                   to_string(session.decision), v.reason);
+  } else {
+    out.confirmed = true;
+  }
+  return out;
 }
 
 }  // namespace keyfed

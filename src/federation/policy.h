@@ -1,11 +1,15 @@
 // Who may federate with us: the decision table of docs/POLICY.md, applied to
-// the outcome of the peer domain's key lookup and the key the peer presented.
+// the outcome of the peer domain's key lookup and the key the peer presented;
+// and the rule that keeps (or ends) a session when fresh answers arrive.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -31,7 +35,14 @@ enum class PeerOverride {
 struct PolicyConfig {
   bool allow_unauthenticated = false;  ///< `no-keys` peers may connect unauthenticated
   InsecurePolicy insecure = InsecurePolicy::Refuse;
-  std::map<std::string, PeerOverride> overrides;  ///< by normalized domain
+  /// By normalized domain ("spam.example"), or "*.domain" for every name
+  /// under a domain, at any depth (not the domain itself). POLICY.md §3.
+  std::map<std::string, PeerOverride> overrides;
+  /// How long a session may outlive the expiry of the last answer that
+  /// confirmed its key while every lookup since has been temp-fail (§4).
+  std::chrono::seconds max_key_staleness{900};
+
+  bool operator==(const PolicyConfig&) const = default;
 };
 
 enum class Decision {
@@ -50,6 +61,15 @@ std::optional<InsecurePolicy> insecure_policy_from_string(std::string_view word)
 /// True for decisions that let a session proceed.
 bool is_accepted(Decision decision);
 
+/// True when some peer may be admitted without a key (no-keys or insecure
+/// domains accepted unauthenticated): only then may a TLS client omit its
+/// certificate (docs/PROTOCOL.md §2).
+bool admits_unauthenticated(const PolicyConfig& config);
+
+/// The override for `domain`: an exact entry, else the longest "*.suffix"
+/// entry that `domain` is under. POLICY.md §3.
+std::optional<PeerOverride> find_override(const PolicyConfig& config, std::string_view domain);
+
 struct PolicyVerdict {
   Decision decision = Decision::Refuse;
   std::string reason;
@@ -61,8 +81,32 @@ struct PolicyVerdict {
 };
 
 /// Applies POLICY.md's table. `peer_spki` is the DER SubjectPublicKeyInfo of
-/// the peer's certificate, or empty when it sent none.
+/// the peer's certificate, or empty when it sent none. A `refuse` override
+/// applies to the domain and to every name its answer was aliased through.
 PolicyVerdict decide(const PolicyConfig& config, Direction direction, const DomainKeys& answer,
                      std::span<const std::uint8_t> peer_spki);
+
+/// What a session was admitted on: enough to judge it again against any
+/// later answer, whatever the key cache remembers in between (POLICY.md §4).
+struct SessionAuthentication {
+  Direction direction = Direction::Inbound;
+  Decision decision = Decision::Refuse;
+  std::vector<std::uint8_t> peer_spki;  ///< the key the peer presented (empty: none)
+  std::optional<FederationKey> key;     ///< the published key it matched, if any
+};
+
+struct RecheckVerdict {
+  bool keep = true;
+  /// The answer came from the domain and still supports the session (false
+  /// for temp-fail: nothing was confirmed, see max_key_staleness).
+  bool confirmed = false;
+  std::string reason;  ///< why the session ends, when !keep
+  PolicyVerdict verdict;
+};
+
+/// POLICY.md §4: a live session stays only while every fresh answer gives
+/// the decision it was admitted with, for the key it presented; a temp-fail
+/// answer changes nothing (the staleness limit handles long failures).
+RecheckVerdict recheck(const PolicyConfig& config, const SessionAuthentication& session, const DomainKeys& fresh);
 
 }  // namespace keyfed

@@ -1,175 +1,158 @@
 #include "federation/session.h"
 
-#include <openssl/err.h>
+#include <cstring>
 
 #include "common/log.h"
+#include "common/openssl_call.h"
 #include "dnskey/domain_name.h"
-#include "federation/identity.h"
 
 namespace keyfed {
 namespace {
 
-std::string openssl_error() {
-  unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "TLS failure";
-  char text[256];
-  ERR_error_string_n(code, text, sizeof text);
-  return text;
+bool peer_sent_no_certificate(const SslIo& io) {
+  return ERR_GET_LIB(io.code) == ERR_LIB_SSL && ERR_GET_REASON(io.code) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE;
 }
-
-std::string peer_name(const uv_tcp_t* tcp) {
-  sockaddr_storage addr{};
-  int len = sizeof addr;
-  if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
-  char ip[INET6_ADDRSTRLEN] = {};
-  int port = 0;
-  if (addr.ss_family == AF_INET) {
-    auto* in = reinterpret_cast<sockaddr_in*>(&addr);
-    uv_ip4_name(in, ip, sizeof ip);
-    port = ntohs(in->sin_port);
-    return fmt::format("{}:{}", ip, port);
-  }
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
-  uv_ip6_name(in6, ip, sizeof ip);
-  port = ntohs(in6->sin6_port);
-  return fmt::format("[{}]:{}", ip, port);
-}
-
-struct WriteRequest {
-  uv_write_t req;
-  std::vector<std::uint8_t> data;
-};
 
 }  // namespace
 
-PeerSession::PeerSession(Node& node, std::uint64_t id, Direction direction)
-    : node_(node), reader_(node.settings_.limits.max_frame_size) {
-  info.id = id;
-  info.direction = direction;
-  uv_tcp_init(node.loop_, &tcp_);
-  uv_timer_init(node.loop_, &timer_);
-  tcp_.data = this;
-  timer_.data = this;
-  open_handles_ = 2;
-  last_received_ms_ = last_sent_ms_ = last_rekey_ms_ = uv_now(node.loop_);
+std::string_view to_string(PeerSession::State state) {
+  switch (state) {
+    case PeerSession::State::AwaitKeys: return "await-keys";
+    case PeerSession::State::Connecting: return "connecting";
+    case PeerSession::State::Handshaking: return "handshaking";
+    case PeerSession::State::AwaitClaim: return "await-claim";
+    case PeerSession::State::Verifying: return "verifying";
+    case PeerSession::State::AwaitClaimOk: return "await-claim-ok";
+    case PeerSession::State::Established: return "established";
+    case PeerSession::State::Closing: return "closing";
+  }
+  return "closing";
 }
 
-PeerSession::~PeerSession() = default;
+PeerSession::PeerSession(SessionHost& host, std::uint64_t id, Direction direction)
+    : host_(host), self_(std::make_shared<PeerSession*>(this)) {
+  info_.id = id;
+  info_.direction = direction;
+  timer_ = make_uv_handle<uv_timer_t>();
+  uv_timer_init(host.loop(), timer_.get());
+  timer_->data = this;
+  started_ms_ = phase_started_ms_ = last_received_ms_ = last_sent_ms_ = last_rekey_ms_ = uv_now(host.loop());
+}
 
-Status PeerSession::accept_from(uv_stream_t* server) {
-  if (int err = uv_accept(server, reinterpret_cast<uv_stream_t*>(&tcp_)); err != 0) {
-    return make_error("accept: {}", uv_strerror(err));
-  }
-  info.peer_address = peer_name(&tcp_);
-  uv_tcp_nodelay(&tcp_, 1);  // small frames: Nagle plus delayed ACKs would add ~40 ms per round trip
-  arm_timer(node_.settings_.limits.handshake_timeout);
-  start_tls(node_.server_ctx_.get());
-  SSL_set_accept_state(ssl_.get());
+PeerSession::~PeerSession() { *self_ = nullptr; }
+
+// ---- starting -------------------------------------------------------------
+
+void PeerSession::accept(std::unique_ptr<Transport> transport) {
+  transport_ = std::move(transport);
+  info_.peer_address = transport_->peer_address();
+  source_ = transport_->source();
   state_ = State::Handshaking;
-  start_reading();
-  return ok_status();
+  phase_started_ms_ = uv_now(host_.loop());
+  start_tls(true);
+  arm_timer();
+  transport_->attach(this);
 }
 
-void PeerSession::connect_to(const std::string& address, int port, DomainKeys peer_keys,
-                             Node::ConnectCallback callback) {
-  peer_keys_ = std::move(peer_keys);
+void PeerSession::await_keys(std::string local_domain, std::string peer_domain, ConnectCallback callback) {
+  info_.local_domain = std::move(local_domain);
+  info_.peer_domain = std::move(peer_domain);
   connect_callback_ = std::move(callback);
-  info.outcome = peer_keys_.outcome;
-  sockaddr_storage addr{};
-  if (uv_ip4_addr(address.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr)) != 0 &&
-      uv_ip6_addr(address.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
-    fail_connect(fmt::format("'{}' is not an IP address", address));
-    return;
-  }
-  info.peer_address = addr.ss_family == AF_INET6 ? fmt::format("[{}]:{}", address, port)
-                                                 : fmt::format("{}:{}", address, port);
-  arm_timer(node_.settings_.limits.connect_timeout);
-  connect_req_.data = this;
-  int err = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<sockaddr*>(&addr), [](uv_connect_t* req, int status) {
-    if (status == UV_ECANCELED) return;  // closed before connecting; the session may be gone
-    auto* self = static_cast<PeerSession*>(req->data);
-    if (self->closing()) return;
-    if (status != 0) {
-      self->fail_connect(fmt::format("connect to {}: {}", self->info.peer_address, uv_strerror(status)));
-      return;
-    }
-    self->arm_timer(self->node_.settings_.limits.handshake_timeout);
-    uv_tcp_nodelay(&self->tcp_, 1);
-    const DomainIdentity* identity = self->node_.identity(self->info.local_domain);
-    self->start_tls(self->node_.client_ctx_.get());
-    SSL_set_connect_state(self->ssl_.get());
-    SSL_set_tlsext_host_name(self->ssl_.get(), self->info.peer_domain.c_str());
-    SSL_use_certificate(self->ssl_.get(), identity->certificate.get());
-    SSL_use_PrivateKey(self->ssl_.get(), identity->key.get());
-    self->state_ = State::Handshaking;
-    self->start_reading();
-    self->drive();
-  });
-  if (err != 0) fail_connect(fmt::format("connect to {}: {}", info.peer_address, uv_strerror(err)));
+  state_ = State::AwaitKeys;
 }
 
-void PeerSession::start_tls(SSL_CTX* ctx) {
-  ssl_.reset(SSL_new(ctx));
+void PeerSession::connect(std::unique_ptr<Transport> transport, std::shared_ptr<const CachedKeys> target_keys) {
+  lookup_ = 0;
+  target_keys_ = std::move(target_keys);
+  info_.outcome = target_keys_->answer.outcome;
+  transport_ = std::move(transport);
+  info_.peer_address = transport_->peer_address();
+  source_ = transport_->source();
+  state_ = State::Connecting;
+  phase_started_ms_ = uv_now(host_.loop());
+  arm_timer();
+  transport_->attach(this);
+}
+
+void PeerSession::update_target_keys(std::shared_ptr<const CachedKeys> target_keys) {
+  if (info_.direction == Direction::Outbound && !authentication_ && state_ != State::Closing) {
+    target_keys_ = std::move(target_keys);
+  }
+}
+
+void PeerSession::on_transport_connected(Status status) {
+  if (closing()) return;
+  if (!status) return fail_connect(status.error().message);
+  // The local domain may have been dropped by a reload while connecting.
+  identity_ = host_.identity(info_.local_domain);
+  if (!identity_) return fail_connect(fmt::format("{} is no longer hosted by this node", info_.local_domain));
+  state_ = State::Handshaking;
+  phase_started_ms_ = uv_now(host_.loop());
+  arm_timer();
+  start_tls(false);
+  Status configured = openssl_check("cannot set up the TLS client", [&] {
+    return SSL_set_tlsext_host_name(ssl_.get(), info_.peer_domain.c_str()) == 1 &&
+                   SSL_use_certificate(ssl_.get(), identity_->certificate.get()) == 1 &&
+                   SSL_use_PrivateKey(ssl_.get(), identity_->key.get()) == 1
+               ? 1
+               : 0;
+  });
+  if (!configured) return fail_connect(configured.error().message);
+  drive();
+}
+
+void PeerSession::start_tls(bool server) {
+  tls_ = host_.tls();
+  ssl_.reset(openssl_call([&] { return SSL_new(server ? tls_->server() : tls_->client()); }));
   network_in_ = BIO_new(BIO_s_mem());
   network_out_ = BIO_new(BIO_s_mem());
   BIO_set_mem_eof_return(network_in_, -1);  // "no data yet", not EOF
   SSL_set_bio(ssl_.get(), network_in_, network_out_);
-  SSL_set_app_data(ssl_.get(), this);
-}
-
-void PeerSession::start_reading() {
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_),
-                [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
-                  // One buffer for all sessions: the loop is single-threaded and
-                  // on_read hands what arrived to TLS before returning.
-                  static char buffer[64 * 1024];
-                  *buf = uv_buf_init(buffer, sizeof buffer);
-                },
-                &PeerSession::on_read);
-}
-
-void PeerSession::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-  auto* self = static_cast<PeerSession*>(stream->data);
-  if (nread == 0 || self->closing()) return;
-  if (nread < 0) {
-    self->close(nread == UV_EOF ? "connection closed by the peer" : fmt::format("read: {}", uv_strerror(static_cast<int>(nread))));
-    return;
+  if (server) {
+    SSL_set_accept_state(ssl_.get());
+  } else {
+    SSL_set_connect_state(ssl_.get());
   }
-  self->last_received_ms_ = uv_now(self->node_.loop_);
-  BIO_write(self->network_in_, buf->base, static_cast<int>(nread));
-  self->drive();
+}
+
+// ---- reading --------------------------------------------------------------
+
+void PeerSession::on_transport_bytes(std::span<const std::uint8_t> bytes) {
+  if (closing() || !ssl_) return;
+  last_received_ms_ = uv_now(host_.loop());
+  BIO_write(network_in_, bytes.data(), static_cast<int>(bytes.size()));
+  drive();
+}
+
+void PeerSession::on_transport_end(const std::string& reason) {
+  if (state_ == State::Connecting) return fail_connect(reason);
+  close(reason);
 }
 
 void PeerSession::drive() {
   if (!SSL_is_init_finished(ssl_.get())) {
-    int r = SSL_do_handshake(ssl_.get());
-    if (r != 1) {
-      int err = SSL_get_error(ssl_.get(), r);
-      flush();  // an alert, or the next handshake flight
-      if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-        close(fmt::format("TLS handshake failed: {}", openssl_error()));
-      }
+    SslIo io = ssl_io(ssl_.get(), [&] { return SSL_do_handshake(ssl_.get()); });
+    flush();  // an alert, or the next handshake flight
+    if (io.result != 1) {
+      if (!io.would_block()) on_handshake_failed(io);
       return;
     }
-    flush();
     on_handshake_done();
     if (closing()) return;
   }
   std::uint8_t plain[16 * 1024];
   while (!closing()) {
-    int n = SSL_read(ssl_.get(), plain, sizeof plain);
-    if (n <= 0) {
-      int err = SSL_get_error(ssl_.get(), n);
+    SslIo io = ssl_io(ssl_.get(), [&] { return SSL_read(ssl_.get(), plain, sizeof plain); });
+    if (io.result <= 0) {
       flush();  // e.g. the answer to a peer's KeyUpdate
-      if (err == SSL_ERROR_ZERO_RETURN) {
+      if (io.error == SSL_ERROR_ZERO_RETURN) {
         close("the peer closed the TLS session");
-      } else if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-        close(fmt::format("TLS error: {}", openssl_error()));
+      } else if (io.failed()) {
+        close(fmt::format("TLS error: {}", io.reason));
       }
       return;
     }
-    reader_.feed({plain, static_cast<std::size_t>(n)});
+    reader_.feed({plain, static_cast<std::size_t>(io.result)});
     while (!closing()) {
       auto frame = reader_.next();
       if (!frame) {
@@ -182,46 +165,71 @@ void PeerSession::drive() {
   }
 }
 
+void PeerSession::on_handshake_failed(const SslIo& io) {
+  if (info_.direction == Direction::Inbound && peer_sent_no_certificate(io)) {
+    // docs/POLICY.md §1: without a key nobody can authenticate, and the
+    // policy admits no unauthenticated peer: refused in the handshake.
+    host_.audit(info_, AuditEvent::Handshake,
+                PolicyVerdict{Decision::Refuse,
+                              "the peer sent no certificate, and the policy admits no unauthenticated peer", {},
+                              true});
+  }
+  std::string reason = fmt::format("TLS handshake failed: {}", io.reason);
+  if (info_.direction == Direction::Outbound) return fail_connect(reason);
+  close(reason);
+}
+
 void PeerSession::on_handshake_done() {
   const unsigned char* alpn = nullptr;
   unsigned int alpn_len = 0;
   SSL_get0_alpn_selected(ssl_.get(), &alpn, &alpn_len);
-  if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kAlpnProtocol) {
-    close(fmt::format("peer did not negotiate ALPN {}", kAlpnProtocol));
-    return;
+  if (alpn_len == 0 || std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kAlpnProtocol) {
+    std::string reason = fmt::format("peer did not negotiate ALPN {}", kAlpnProtocol);
+    if (info_.direction == Direction::Outbound) return fail_connect(reason);
+    return close(reason);
   }
-  if (info.direction == Direction::Inbound) {
+  peer_spki_ = certificate_spki(openssl_call([&] { return SSL_get0_peer_certificate(ssl_.get()); }));
+  if (info_.direction == Direction::Inbound) {
     const char* sni = SSL_get_servername(ssl_.get(), TLSEXT_NAMETYPE_host_name);
-    info.local_domain = sni != nullptr ? sni : node_.identities_.begin()->first;
+    std::string local = sni != nullptr ? sni : tls_->identities().first->domain;
+    if (!host_.identity(local)) return close(fmt::format("{} is no longer hosted by this node", untrusted(local)));
+    info_.local_domain = std::move(local);
     state_ = State::AwaitClaim;
     return;
   }
   // docs/POLICY.md §1, outbound: the responder must hold one of the target's keys.
-  PolicyVerdict verdict = decide(node_.settings_.policy, Direction::Outbound, peer_keys_, peer_spki());
-  node_.audit(*this, "connect", verdict, peer_keys_.outcome);
-  info.decision = verdict.decision;
-  info.peer_key = verdict.key;
+  PolicyVerdict verdict = host_.admit(info_, AuditEvent::Connect, target_keys_->answer, peer_spki_);
   if (!is_accepted(verdict.decision)) {
-    fail_connect(fmt::format("{} {}: {}", to_string(verdict.decision), info.peer_domain, verdict.reason));
-    return;
+    return fail_connect(fmt::format("{} {}: {}", to_string(verdict.decision), info_.peer_domain, verdict.reason));
   }
+  admitted(verdict, target_keys_);
   state_ = State::AwaitClaimOk;
-  send_frame(encode_claim(info.local_domain));
+  send_frame(encode_claim(info_.local_domain));
 }
 
-std::vector<std::uint8_t> PeerSession::peer_spki() const {
-  return certificate_spki(SSL_get0_peer_certificate(ssl_.get()));
+void PeerSession::admitted(const PolicyVerdict& verdict, const std::shared_ptr<const CachedKeys>& entry) {
+  info_.outcome = entry->answer.outcome;
+  info_.decision = verdict.decision;
+  info_.peer_key = verdict.key;
+  authentication_ = SessionAuthentication{info_.direction, verdict.decision, peer_spki_, verdict.key};
+  confirm(entry);
+}
+
+void PeerSession::confirm(std::shared_ptr<const CachedKeys> entry) {
+  confirmed_until_ = std::max(confirmed_until_, entry->expires);
+  last_answer_ = std::move(entry);
 }
 
 void PeerSession::on_frame(const Frame& frame) {
   auto type = static_cast<FrameType>(frame.type);
   if (type == FrameType::Error) {
     auto error = parse_error(frame.payload);
-    std::string text = error ? error->text : "malformed ERROR frame";
-    if (info.direction == Direction::Outbound && state_ == State::AwaitClaimOk) {
-      fail_connect(fmt::format("{} refused the claim: {}", info.peer_domain, text));
+    std::string text = error ? fmt::format("{} {}", static_cast<int>(error->code), untrusted(error->text))
+                             : std::string("(malformed ERROR frame)");
+    if (info_.direction == Direction::Outbound && state_ == State::AwaitClaimOk) {
+      fail_connect(fmt::format("{} refused the claim: ERROR {}", info_.peer_domain, text));
     } else {
-      close(fmt::format("peer sent ERROR: {}", text));
+      close(fmt::format("peer sent ERROR {}", text));
     }
     return;
   }
@@ -243,26 +251,7 @@ void PeerSession::on_frame(const Frame& frame) {
   switch (type) {
     case FrameType::Message: return on_message(frame);
     case FrameType::Ack:
-    case FrameType::Nack: {
-      std::uint32_t id = 0;
-      Status status = ok_status();
-      if (type == FrameType::Ack) {
-        auto ack = parse_ack(frame.payload);
-        if (!ack) return close(ack.error().message, ErrorCode::ProtocolViolation);
-        id = *ack;
-      } else {
-        auto nack = parse_nack(frame.payload);
-        if (!nack) return close(nack.error().message, ErrorCode::ProtocolViolation);
-        id = nack->id;
-        status = make_error("NACK {}: {}", static_cast<int>(nack->code), nack->text);
-      }
-      auto it = pending_acks_.find(id);
-      if (it == pending_acks_.end()) return;  // late answer; harmless
-      Node::SendCallback callback = std::move(it->second);
-      pending_acks_.erase(it);
-      if (callback) callback(std::move(status));
-      return;
-    }
+    case FrameType::Nack: return on_answer(type, frame);
     case FrameType::Subscribe:
     case FrameType::Unsubscribe: return on_presence(frame);
     case FrameType::Notify: return on_notify(frame);
@@ -270,7 +259,7 @@ void PeerSession::on_frame(const Frame& frame) {
     case FrameType::Pong: return;
     case FrameType::Unsupported: {
       auto t = parse_unsupported(frame.payload);
-      log_at(LogLevel::Info, "session {} ({}): peer does not support {}", info.id, info.peer_domain,
+      log_at(LogLevel::Info, "session {} ({}): peer does not support {}", info_.id, info_.peer_domain,
              t ? frame_type_name(*t) : "a frame");
       return;
     }
@@ -282,115 +271,149 @@ void PeerSession::on_frame(const Frame& frame) {
   }
 }
 
+// ---- claim (inbound) ------------------------------------------------------
+
 void PeerSession::on_claim(const Frame& frame) {
   auto claim = parse_claim(frame.payload);
   Result<std::string> domain = claim ? normalize_domain(*claim) : Result<std::string>(claim.error());
-  if (!domain) return close(fmt::format("bad CLAIM: {}", domain.error().message), ErrorCode::ProtocolViolation);
-  info.peer_domain = *domain;
+  if (!domain) {
+    std::string bytes(frame.payload.begin(), frame.payload.end());
+    return close(fmt::format("bad CLAIM {}: not a domain name", untrusted(bytes, 64)), ErrorCode::ProtocolViolation);
+  }
+  info_.peer_domain = *domain;
   state_ = State::Verifying;
   // The claim waits on the (maybe asynchronous) lookup; other sessions go on.
-  std::weak_ptr<bool> alive = node_.alive_;
-  Node* node = &node_;
-  std::uint64_t id = info.id;
-  node_.cache_.lookup(info.peer_domain, [alive, node, id](std::shared_ptr<const CachedKeys> entry) {
-    if (alive.expired()) return;
-    PeerSession* self = node->find(id);
-    if (self != nullptr && self->state_ == State::Verifying) self->on_claim_keys(entry->answer);
-  });
+  std::weak_ptr<PeerSession*> self = self_;
+  Result<KeyCache::LookupId> lookup =
+      host_.lookup_claimed_keys(info_, source_, [self](std::shared_ptr<const CachedKeys> entry) {
+        auto alive = self.lock();
+        if (!alive || *alive == nullptr) return;
+        PeerSession* session = *alive;
+        session->lookup_ = 0;
+        if (session->state_ == State::Verifying) session->on_claim_keys(entry);
+      });
+  if (!lookup) {
+    PolicyVerdict refused{Decision::Refuse, lookup.error().message, {}, false};
+    host_.audit(info_, AuditEvent::Claim, refused);
+    return close(fmt::format("claim of {} refused: {}", info_.peer_domain, refused.reason), ErrorCode::ClaimRefused);
+  }
+  if (state_ == State::Verifying) lookup_ = *lookup;
 }
 
-void PeerSession::on_claim_keys(const DomainKeys& answer) {
+void PeerSession::on_claim_keys(const std::shared_ptr<const CachedKeys>& entry) {
   // docs/POLICY.md §1, inbound: the initiator must hold one of the claimed domain's keys.
-  PolicyVerdict verdict = decide(node_.settings_.policy, Direction::Inbound, answer, peer_spki());
-  node_.audit(*this, "claim", verdict, answer.outcome);
-  info.outcome = answer.outcome;
-  info.decision = verdict.decision;
-  info.peer_key = verdict.key;
+  PolicyVerdict verdict = host_.admit(info_, AuditEvent::Claim, entry->answer, peer_spki_);
+  info_.outcome = entry->answer.outcome;
+  info_.decision = verdict.decision;
   if (!is_accepted(verdict.decision)) {
-    close(fmt::format("claim of {} refused: {}", info.peer_domain, verdict.reason), ErrorCode::ClaimRefused);
-    return;
+    return close(fmt::format("claim of {} refused: {}", info_.peer_domain, verdict.reason), ErrorCode::ClaimRefused);
   }
+  admitted(verdict, entry);
   send_frame(encode_claim_ok());
   established();
 }
 
 void PeerSession::established() {
+  if (closing()) return;
   state_ = State::Established;
-  info.established = true;
-  log_at(LogLevel::Info, "session {} {} {} <-> {} ({}) established: {}", info.id, to_string(info.direction),
-         info.local_domain, info.peer_domain, info.peer_address, to_string(info.decision));
-  const NodeLimits& limits = node_.settings_.limits;
-  arm_timer(std::min(limits.keepalive_interval, limits.idle_timeout));
+  info_.established = true;
+  reader_.set_max_frame_size(host_.limits().max_frame_size);
+  host_.established(*this);
+  log_at(LogLevel::Info, "session {} {} {} <-> {} ({}) established: {}", info_.id, to_string(info_.direction),
+         info_.local_domain, info_.peer_domain, info_.peer_address, to_string(info_.decision));
+  arm_timer();
   if (connect_callback_) {
     auto callback = std::move(connect_callback_);
     connect_callback_ = nullptr;
-    callback(info);
+    callback(info_);
   }
 }
+
+// ---- established: messages and presence -----------------------------------
 
 void PeerSession::on_message(const Frame& frame) {
   auto message = parse_message(frame.payload);
   if (!message) return close(message.error().message, ErrorCode::ProtocolViolation);
+  std::uint32_t id = message->id;
   auto nack = [&](NackCode code, std::string text) {
-    log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", info.id, info.peer_domain, message->id, text);
-    send_frame(encode_nack({message->id, code, std::move(text)}));
+    log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", info_.id, info_.peer_domain, id, text);
+    send_frame(encode_nack({id, code, std::move(text)}));
   };
-  if (!node_.take_message_token(info.peer_domain)) {
-    return nack(NackCode::RateLimited, fmt::format("more than {} messages per second", node_.settings_.limits.message_rate));
+  if (!host_.take_message_token(info_.peer_domain)) {
+    return nack(NackCode::RateLimited, fmt::format("more than {} messages per second", host_.limits().message_rate));
   }
-  auto routing = parse_cpim_routing(message->cpim);
-  if (!routing) return nack(NackCode::MalformedMessage, routing.error().message);
+  // docs/PROTOCOL.md §5.1: the whole header block, strictly; consumers get
+  // the parsed form and never read the text again.
+  Result<CpimMessage> parsed = parse_cpim(message->cpim);
+  if (!parsed) return nack(NackCode::MalformedMessage, parsed.error().message);
   // docs/PROTOCOL.md §5, sender binding: the sender's domain is the peer's.
-  if (routing->from.domain != info.peer_domain) {
-    return nack(NackCode::SenderNotPeer, fmt::format("sender {} is not of the peer domain {}", routing->from.uri,
-                                                     info.peer_domain));
+  if (parsed->from.domain != info_.peer_domain) {
+    return nack(NackCode::SenderNotPeer,
+                fmt::format("sender {} is not of the peer domain {}", parsed->from.uri, info_.peer_domain));
   }
-  for (const CpimAddress& to : routing->to) {
-    if (node_.identity(to.domain) == nullptr) {
-      return nack(NackCode::UnknownRecipient, fmt::format("{} is not hosted here", to.domain));
-    }
+  std::weak_ptr<PeerSession*> self = self_;
+  host_.deliver(info_, std::move(parsed).value(), std::move(message->cpim),
+                [self, id](std::optional<NackPayload> refusal) {
+                  auto alive = self.lock();
+                  if (!alive || *alive == nullptr) return;
+                  PeerSession* session = *alive;
+                  if (!refusal) return session->send_frame(encode_ack(id));
+                  refusal->id = id;
+                  log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", session->info_.id,
+                         session->info_.peer_domain, id, refusal->text);
+                  session->send_frame(encode_nack(*refusal));
+                });
+}
+
+void PeerSession::on_answer(FrameType type, const Frame& frame) {
+  std::uint32_t id = 0;
+  Status status = ok_status();
+  if (type == FrameType::Ack) {
+    auto ack = parse_ack(frame.payload);
+    if (!ack) return close(ack.error().message, ErrorCode::ProtocolViolation);
+    id = *ack;
+  } else {
+    auto nack = parse_nack(frame.payload);
+    if (!nack) return close(nack.error().message, ErrorCode::ProtocolViolation);
+    id = nack->id;
+    status = make_error("NACK {}: {}", static_cast<int>(nack->code), untrusted(nack->text));
   }
-  if (node_.handlers_.on_message) node_.handlers_.on_message({info, *routing, std::move(message->cpim)});
-  send_frame(encode_ack(message->id));
+  auto it = pending_acks_.find(id);
+  if (it == pending_acks_.end()) return;  // late answer; harmless
+  SendCallback callback = std::move(it->second);
+  pending_acks_.erase(it);
+  if (callback) callback(std::move(status));
 }
 
 void PeerSession::on_presence(const Frame& frame) {
   auto request = parse_presence(frame.payload);
   if (!request) return close(request.error().message, ErrorCode::ProtocolViolation);
-  auto watcher = parse_im_uri(request->watcher);
-  auto presentity = parse_im_uri(request->presentity);
-  bool allowed = watcher && presentity && watcher->domain == info.peer_domain &&
-                 node_.identity(presentity->domain) != nullptr;
-  if (!allowed) {
-    send_frame(encode_nack({request->id, NackCode::NotAuthorized,
-                            "watcher must be of the peer domain and presentity hosted here"}));
-    return;
+  auto type = static_cast<FrameType>(frame.type);
+  if (std::optional<NackPayload> refusal = host_.presence_request(info_, type, *request)) {
+    refusal->id = request->id;
+    return send_frame(encode_nack(*refusal));
   }
-  auto key = std::make_pair(request->watcher, request->presentity);
-  if (static_cast<FrameType>(frame.type) == FrameType::Unsubscribe) {
-    subscriptions.erase(key);
-    send_frame(encode_ack(request->id));
-    return;
-  }
-  subscriptions.insert(key);
   send_frame(encode_ack(request->id));
-  auto it = node_.presence_.find(request->presentity);
-  send_frame(encode_notify({request->presentity, it != node_.presence_.end() ? it->second : ""}));
+  if (type == FrameType::Subscribe) {
+    send_frame(encode_notify({request->presentity, host_.notify_document(request->presentity)}));
+  }
 }
 
 void PeerSession::on_notify(const Frame& frame) {
   auto notify = parse_notify(frame.payload);
   if (!notify) return close(notify.error().message, ErrorCode::ProtocolViolation);
-  auto presentity = parse_im_uri(notify->presentity);
-  if (!presentity || presentity->domain != info.peer_domain) {
-    log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not of the peer domain", info.id,
-           info.peer_domain, notify->presentity);
+  auto presentity = parse_user_uri(notify->presentity, UriScheme::Pres);
+  if (!presentity || presentity->domain != info_.peer_domain) {
+    log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not a presentity of the peer domain", info_.id,
+           info_.peer_domain, untrusted(notify->presentity));
     return;
   }
-  if (node_.handlers_.on_notify) node_.handlers_.on_notify(info, *notify);
+  host_.notify_received(info_, *notify);
 }
 
-void PeerSession::send_message(std::vector<std::uint8_t> cpim, Node::SendCallback callback) {
+// ---- writing ----------------------------------------------------------------
+
+void PeerSession::send_message(std::vector<std::uint8_t> cpim, SendCallback callback) {
   std::uint32_t id = next_message_id_++;
   pending_acks_.emplace(id, std::move(callback));
   send_frame(encode_message({id, std::move(cpim)}));
@@ -398,16 +421,17 @@ void PeerSession::send_message(std::vector<std::uint8_t> cpim, Node::SendCallbac
 
 void PeerSession::send_frame(const std::vector<std::uint8_t>& frame) {
   if (closing() || !ssl_ || !SSL_is_init_finished(ssl_.get())) return;
-  SSL_write(ssl_.get(), frame.data(), static_cast<int>(frame.size()));
-  bytes_since_rekey_ += frame.size();
-  std::uint64_t now = uv_now(node_.loop_);
-  const NodeLimits& limits = node_.settings_.limits;
+  write_tls(frame);
+  if (closing()) return;
+  std::uint64_t now = uv_now(host_.loop());
+  const NodeLimits& limits = host_.limits();
   // Long sessions re-key (docs/PROTOCOL.md §2): a KeyUpdate after a volume or a time.
   if (bytes_since_rekey_ >= limits.rekey_bytes ||
       now - last_rekey_ms_ >= static_cast<std::uint64_t>(limits.rekey_interval.count()) * 1000) {
-    if (SSL_key_update(ssl_.get(), SSL_KEY_UPDATE_REQUESTED) == 1) {
-      SSL_do_handshake(ssl_.get());  // sends the KeyUpdate now
-      ++info.key_updates;
+    SslIo update = ssl_io(ssl_.get(), [&] { return SSL_key_update(ssl_.get(), SSL_KEY_UPDATE_REQUESTED); });
+    if (update.result == 1) {
+      ssl_io(ssl_.get(), [&] { return SSL_do_handshake(ssl_.get()); });  // sends the KeyUpdate now
+      ++info_.key_updates;
     }
     bytes_since_rekey_ = 0;
     last_rekey_ms_ = now;
@@ -415,50 +439,116 @@ void PeerSession::send_frame(const std::vector<std::uint8_t>& frame) {
   flush();
 }
 
-void PeerSession::flush() {
-  std::size_t pending = BIO_ctrl_pending(network_out_);
-  if (pending == 0) return;
-  auto* write = new WriteRequest;
-  write->data.resize(pending);
-  BIO_read(network_out_, write->data.data(), static_cast<int>(pending));
-  write->req.data = write;
-  uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(write->data.data()), static_cast<unsigned>(pending));
-  last_sent_ms_ = uv_now(node_.loop_);
-  int err = uv_write(&write->req, reinterpret_cast<uv_stream_t*>(&tcp_), &buf, 1,
-                     [](uv_write_t* req, int) { delete static_cast<WriteRequest*>(req->data); });
-  if (err != 0) delete write;
+void PeerSession::write_tls(const std::vector<std::uint8_t>& frame) {
+  // The network side is a memory BIO: a write never blocks.
+  SslIo io = ssl_io(ssl_.get(), [&] { return SSL_write(ssl_.get(), frame.data(), static_cast<int>(frame.size())); });
+  if (io.result <= 0 && !closing()) {
+    close(fmt::format("TLS write failed: {}", io.reason));
+    return;
+  }
+  bytes_since_rekey_ += frame.size();
 }
 
-void PeerSession::arm_timer(std::chrono::milliseconds after) {
-  uv_timer_start(&timer_, [](uv_timer_t* t) { static_cast<PeerSession*>(t->data)->on_timer(); },
-                 static_cast<std::uint64_t>(after.count()), 0);
+void PeerSession::flush() {
+  std::size_t pending = BIO_ctrl_pending(network_out_);
+  if (pending == 0 || !transport_) return;
+  std::vector<std::uint8_t> bytes(pending);
+  BIO_read(network_out_, bytes.data(), static_cast<int>(pending));
+  transport_->write(std::move(bytes));
+  last_sent_ms_ = uv_now(host_.loop());
+  check_send_queue();
+}
+
+// docs/SECURITY.md, "Budgets": a peer that does not take what we send stops
+// being read (so it cannot make us produce more), and is cut off if it stays
+// so, or if what is queued for it still grows.
+void PeerSession::check_send_queue() {
+  if (closing()) return;
+  const NodeLimits& limits = host_.limits();
+  std::size_t queued = transport_->queued_bytes();
+  if (queued > limits.send_queue_limit) {
+    return close(fmt::format("the peer does not take what is sent to it ({} bytes queued, send_queue_limit {})",
+                             queued, limits.send_queue_limit));
+  }
+  if (queued > limits.send_queue_high_water && stalled_since_ms_ == 0) {
+    stalled_since_ms_ = uv_now(host_.loop());
+    transport_->set_reading(false);
+    arm_timer();
+  }
+}
+
+void PeerSession::on_transport_written() {
+  if (closing() || stalled_since_ms_ == 0) return;
+  if (transport_->queued_bytes() <= host_.limits().send_queue_high_water / 2) {
+    stalled_since_ms_ = 0;
+    transport_->set_reading(true);
+    arm_timer();
+  }
+}
+
+// ---- time -------------------------------------------------------------------
+
+void PeerSession::arm_timer() {
+  if (closing()) return;
+  const NodeLimits& limits = host_.limits();
+  std::uint64_t now = uv_now(host_.loop());
+  auto at = [&](std::uint64_t since, std::chrono::milliseconds after) {
+    return since + static_cast<std::uint64_t>(after.count());
+  };
+  std::uint64_t deadline;
+  switch (state_) {
+    case State::AwaitKeys: return;  // the lookup has its own deadline
+    case State::Connecting: deadline = at(phase_started_ms_, limits.connect_timeout); break;
+    case State::Established:
+      deadline = std::min(at(last_received_ms_, limits.idle_timeout), at(last_sent_ms_, limits.keepalive_interval));
+      if (stalled_since_ms_ != 0) deadline = std::min(deadline, at(stalled_since_ms_, limits.send_stall_timeout));
+      break;
+    default: deadline = at(phase_started_ms_, limits.handshake_timeout);
+  }
+  uv_timer_start(timer_.get(), [](uv_timer_t* t) { static_cast<PeerSession*>(t->data)->on_timer(); },
+                 deadline > now ? deadline - now : 0, 0);
 }
 
 void PeerSession::on_timer() {
   if (closing()) return;
-  const NodeLimits& limits = node_.settings_.limits;
-  if (state_ != State::Established) {
-    if (state_ == State::Connecting) {
-      fail_connect(fmt::format("connect to {}: no answer within {} ms", info.peer_address, limits.connect_timeout.count()));
-    } else if (info.direction == Direction::Outbound) {
-      fail_connect(fmt::format("no session with {} within {} ms", info.peer_domain, limits.handshake_timeout.count()));
-    } else {
-      close(fmt::format("handshake not complete within {} ms", limits.handshake_timeout.count()), ErrorCode::Timeout);
-    }
-    return;
+  const NodeLimits& limits = host_.limits();
+  std::uint64_t now = uv_now(host_.loop());
+  auto passed = [&](std::uint64_t since, std::chrono::milliseconds after) {
+    return now - since >= static_cast<std::uint64_t>(after.count());
+  };
+  switch (state_) {
+    case State::AwaitKeys: return;
+    case State::Connecting:
+      if (passed(phase_started_ms_, limits.connect_timeout)) {
+        return fail_connect(fmt::format("connect to {}: no answer within {} ms", info_.peer_address,
+                                        limits.connect_timeout.count()));
+      }
+      return arm_timer();
+    case State::Established: break;
+    default:
+      if (!passed(phase_started_ms_, limits.handshake_timeout)) return arm_timer();
+      if (info_.direction == Direction::Outbound) {
+        return fail_connect(
+            fmt::format("no session with {} within {} ms", info_.peer_domain, limits.handshake_timeout.count()));
+      }
+      return close(fmt::format("handshake not complete within {} ms", limits.handshake_timeout.count()),
+                   ErrorCode::Timeout);
   }
-  std::uint64_t now = uv_now(node_.loop_);
-  if (now - last_received_ms_ >= static_cast<std::uint64_t>(limits.idle_timeout.count())) {
-    close(fmt::format("idle for {} ms", limits.idle_timeout.count()), ErrorCode::Timeout);
-    return;
+  if (stalled_since_ms_ != 0 && passed(stalled_since_ms_, limits.send_stall_timeout)) {
+    return close(fmt::format("the peer took nothing of what was sent to it for {} ms", limits.send_stall_timeout.count()));
   }
-  if (now - last_sent_ms_ >= static_cast<std::uint64_t>(limits.keepalive_interval.count())) {
+  if (passed(last_received_ms_, limits.idle_timeout)) {
+    return close(fmt::format("idle for {} ms", limits.idle_timeout.count()), ErrorCode::Timeout);
+  }
+  if (passed(last_sent_ms_, limits.keepalive_interval)) {
     std::uint8_t token[8] = {};
     std::memcpy(token, &now, sizeof token);
     send_frame(encode_ping(token));
   }
-  arm_timer(std::min(limits.keepalive_interval, limits.idle_timeout));
+  arm_timer();
 }
+
+// ---- closing ----------------------------------------------------------------
 
 void PeerSession::fail_connect(const std::string& reason) {
   auto callback = std::move(connect_callback_);
@@ -469,18 +559,24 @@ void PeerSession::fail_connect(const std::string& reason) {
 
 void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code) {
   if (closing()) return;
-  bool connected = state_ != State::Connecting;
   bool tls_up = ssl_ && SSL_is_init_finished(ssl_.get());
-  if (code && tls_up) send_frame(encode_error({*code, reason}));
+  if (code && tls_up) write_tls(encode_error({*code, reason}));
+  if (closing()) return;  // the write itself failed and closed
   state_ = State::Closing;
-  log_at(LogLevel::Info, "session {} {} {} ({}): closed: {}", info.id, to_string(info.direction),
-         info.peer_domain.empty() ? "(no claim yet)" : info.peer_domain, info.peer_address, reason);
+  *self_ = nullptr;
+  log_at(LogLevel::Info, "session {} {} {} ({}): closed: {}", info_.id, to_string(info_.direction),
+         info_.peer_domain.empty() ? "(no claim yet)" : info_.peer_domain, info_.peer_address, reason);
   if (tls_up) {
-    SSL_shutdown(ssl_.get());
-    flush();
+    ssl_io(ssl_.get(), [&] { return SSL_shutdown(ssl_.get()); });
+    std::size_t pending = BIO_ctrl_pending(network_out_);
+    if (pending > 0 && transport_) {
+      std::vector<std::uint8_t> bytes(pending);
+      BIO_read(network_out_, bytes.data(), static_cast<int>(pending));
+      transport_->write(std::move(bytes));
+    }
   }
-  uv_timer_stop(&timer_);
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  uv_timer_stop(timer_.get());
+  if (lookup_ != 0) host_.cancel_lookup(std::exchange(lookup_, 0));
   for (auto& [id, callback] : pending_acks_) {
     if (callback) callback(make_error("session closed before the answer: {}", reason));
   }
@@ -490,33 +586,24 @@ void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code
     connect_callback_ = nullptr;
     callback(make_error("{}", reason));
   }
-  if (node_.handlers_.on_session_closed) node_.handlers_.on_session_closed(info, reason);
-  node_.release_session(info.id);  // from here on the session owns itself
+  host_.closed(*this, reason);  // from here on the session owns itself
 
-  // Let queued writes (ERROR, close_notify) go out before closing the socket,
-  // but only on a connected socket (a pending connect never drains) and only
-  // for so long: a peer that stops reading must not keep the session alive.
-  shutdown_req_.data = this;
-  if (connected && uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), [](uv_shutdown_t* req, int) {
-        static_cast<PeerSession*>(req->data)->close_handles();
-      }) == 0) {
-    uv_timer_start(&timer_, [](uv_timer_t* t) { static_cast<PeerSession*>(t->data)->close_handles(); },
-                   kLingerMs, 0);
+  if (transport_) {
+    // Queued writes (ERROR, close_notify) may go out, for at most kLinger.
+    transport_->close(kLinger);
   } else {
-    close_handles();
+    // Never connected: freed on the loop's next turn, not under the caller.
+    uv_timer_start(timer_.get(), [](uv_timer_t* t) { delete static_cast<PeerSession*>(t->data); }, 0, 0);
   }
 }
 
-void PeerSession::close_handles() {
-  for (auto* handle : {reinterpret_cast<uv_handle_t*>(&tcp_), reinterpret_cast<uv_handle_t*>(&timer_)}) {
-    if (!uv_is_closing(handle)) uv_close(handle, &PeerSession::on_handle_closed);
-  }
-}
-
-void PeerSession::on_handle_closed(uv_handle_t* handle) {
+void PeerSession::on_transport_closed() {
   // A closing session owns itself (see close()); it may outlive its node.
-  auto* self = static_cast<PeerSession*>(handle->data);
-  if (--self->open_handles_ == 0) delete self;
+  if (!closing()) {
+    // The transport closed under a live session: release it like any close.
+    close("connection closed");
+  }
+  delete this;
 }
 
 }  // namespace keyfed

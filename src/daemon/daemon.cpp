@@ -1,0 +1,186 @@
+#include "daemon/daemon.h"
+
+#include "common/log.h"
+
+namespace keyfed {
+
+// A configured peer the node keeps a session with: reconnected after a
+// failure or a close, with a delay that doubles from 1 s up to 5 minutes
+// (a deferred peer, docs/POLICY.md §1, is retried this way).
+struct Daemon::PeerLink {
+  StaticPeer peer;
+  UvHandle<uv_timer_t> retry;
+  std::chrono::milliseconds backoff{1000};
+  std::optional<std::uint64_t> session;
+  bool connecting = false;
+};
+
+namespace {
+constexpr std::chrono::milliseconds kMaxBackoff{300000};
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers) {
+  if (config.federation.domains.empty()) {
+    return make_error("{}: no [[domains]]: the node would host nothing", config.source.string());
+  }
+  std::unique_ptr<Daemon> daemon(new Daemon(loop));
+  daemon->config_ = std::move(config);
+  set_log_level(daemon->config_.log_level);
+  auto resolver = KeyResolver::create(loop, daemon->config_.resolver);
+  if (!resolver) return resolver.error();
+  daemon->resolver_ = std::move(resolver).value();
+  daemon->cache_ = std::make_unique<KeyCache>(*daemon->resolver_, daemon->config_.key_cache);
+  Daemon* raw = daemon.get();
+  if (!handlers.on_message) {
+    // Addresses were checked by the strict CPIM reader (docs/PROTOCOL.md
+    // §5.1): a restricted alphabet, safe to log as they are.
+    handlers.on_message = [](const DeliveredMessage& m) {
+      log_at(LogLevel::Info, "message {} -> {} ({} bytes, sender domain {})", m.message.from.uri,
+             m.message.to.front().uri, m.cpim.size(), to_string(m.session.decision));
+    };
+  }
+  daemon->handlers_ = handlers;
+  auto user_closed = std::move(handlers.on_session_closed);
+  handlers.on_session_closed = [raw, user_closed](const SessionInfo& info, const std::string& reason) {
+    raw->on_session_closed(info);
+    if (user_closed) user_closed(info, reason);
+  };
+  auto node = Node::create(loop, *daemon->cache_, daemon->config_.federation, std::move(handlers));
+  if (!node) return node.error();
+  daemon->node_ = std::move(node).value();
+  if (Status s = daemon->node_->listen(daemon->config_.listen_address, daemon->config_.listen_port); !s) {
+    return s.error();
+  }
+  for (const StaticPeer& peer : daemon->config_.peers) daemon->start_link(peer);
+  return daemon;
+}
+
+Daemon::Daemon(uv_loop_t* loop) : loop_(loop) {}
+
+Daemon::~Daemon() {
+  stopping_ = true;
+  links_.clear();
+  if (node_) node_->close_all("node shutting down");  // ERROR Shutdown and close_notify on every session
+  node_.reset();
+  cache_.reset();
+  resolver_.reset();
+}
+
+void Daemon::shutdown(const std::string& reason) {
+  stopping_ = true;
+  links_.clear();
+  node_->close_all(reason);
+}
+
+Status Daemon::reload(NodeConfig next) {
+  if (next.federation.domains.empty()) {
+    return make_error("{}: no [[domains]]: the node would host nothing", next.source.string());
+  }
+  // 1. Prepare every part; nothing running is touched until all succeeded.
+  Result<KeyResolver::Prepared> resolver = resolver_->prepare(next.resolver);
+  if (!resolver) return resolver.error();
+  if (Status s = check_key_cache_config(next.key_cache); !s) return s;
+  Result<Node::Plan> plan = node_->prepare(next.federation);
+  if (!plan) return plan.error();
+  std::optional<Node::Listener> listener;
+  if (next.listen_address != config_.listen_address || next.listen_port != config_.listen_port) {
+    Result<Node::Listener> opened = node_->open_listener(next.listen_address, next.listen_port);
+    if (!opened) return opened.error();
+    listener = std::move(opened).value();
+  }
+  // 2. Commit them all; none of this can fail.
+  resolver_->commit(std::move(resolver).value());
+  (void)cache_->reconfigure(next.key_cache);
+  // Keys validated under the old trust anchor or zones must not keep
+  // authenticating: the cache starts over, and every live peer domain is
+  // looked up again below.
+  cache_->clear();
+  node_->commit(std::move(plan).value());
+  if (listener) node_->use_listener(std::move(*listener));
+  set_log_level(next.log_level);
+  std::vector<StaticPeer> peers = next.peers;
+  config_ = std::move(next);
+  apply_peers(peers);
+  node_->revalidate();
+  return ok_status();
+}
+
+void Daemon::apply_peers(const std::vector<StaticPeer>& peers) {
+  auto same = [](const StaticPeer& a, const StaticPeer& b) {
+    return a.domain == b.domain && a.address == b.address && a.port == b.port;
+  };
+  for (auto it = links_.begin(); it != links_.end();) {
+    bool kept = std::any_of(peers.begin(), peers.end(), [&](const StaticPeer& p) { return same(p, (*it)->peer); });
+    if (kept) {
+      ++it;
+      continue;
+    }
+    std::optional<std::uint64_t> session = (*it)->session;
+    it = links_.erase(it);
+    if (session) node_->close_session(*session, "no longer a configured peer (reload)");
+  }
+  for (const StaticPeer& peer : peers) {
+    bool known = std::any_of(links_.begin(), links_.end(), [&](const auto& each) { return same(each->peer, peer); });
+    if (!known) start_link(peer);
+  }
+}
+
+void Daemon::start_link(const StaticPeer& peer) {
+  auto link = std::make_unique<PeerLink>();
+  link->peer = peer;
+  link->retry = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop_, link->retry.get());
+  PeerLink& ref = *link;
+  links_.push_back(std::move(link));
+  connect(ref);
+}
+
+void Daemon::connect(PeerLink& link) {
+  const std::string& local = config_.federation.domains.front().domain;
+  PeerLink* l = &link;
+  l->connecting = true;
+  node_->connect(local, link.peer.domain, link.peer.address, link.peer.port, [this, l](Result<SessionInfo> r) {
+    // The link may have been dropped by a reload meanwhile.
+    bool alive = std::any_of(links_.begin(), links_.end(), [&](const auto& each) { return each.get() == l; });
+    if (!alive) {
+      if (r) node_->close_session(r->id, "no longer a configured peer (reload)");
+      return;
+    }
+    l->connecting = false;
+    if (r) {
+      l->session = r->id;
+      l->backoff = std::chrono::milliseconds(1000);
+      return;
+    }
+    log_at(LogLevel::Warning, "no session with {} at {}:{}: {}; retrying in {} ms", l->peer.domain, l->peer.address,
+           l->peer.port, r.error().message, l->backoff.count());
+    schedule(*l);
+  });
+}
+
+void Daemon::schedule(PeerLink& link) {
+  if (stopping_) return;
+  link.retry->data = this;
+  uv_timer_start(
+      link.retry.get(),
+      [](uv_timer_t* t) {
+        auto* daemon = static_cast<Daemon*>(t->data);
+        for (auto& l : daemon->links_) {
+          if (l->retry.get() == t && !daemon->stopping_) return daemon->connect(*l);
+        }
+      },
+      static_cast<std::uint64_t>(link.backoff.count()), 0);
+  link.backoff = std::min(link.backoff * 2, kMaxBackoff);
+}
+
+void Daemon::on_session_closed(const SessionInfo& info) {
+  if (stopping_) return;
+  for (auto& link : links_) {
+    if (link->session == info.id) {
+      link->session.reset();
+      schedule(*link);
+    }
+  }
+}
+
+}  // namespace keyfed

@@ -1,0 +1,68 @@
+// The daemon's composition (`keyfed run`): one owner of everything a running
+// node holds (resolver, key cache, node and its listener, the sessions kept
+// with configured peers), built from one configuration, torn down in reverse
+// order, and reloaded as one unit: every part of a new configuration is
+// prepared first, and only when all of them are is anything replaced.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <uv.h>
+
+#include "common/result.h"
+#include "common/uv_handle.h"
+#include "config/node_config.h"
+#include "dnskey/key_cache.h"
+#include "dnskey/resolver.h"
+#include "federation/node.h"
+
+namespace keyfed {
+
+class Daemon {
+ public:
+  /// Builds and starts everything on `loop` (which must outlive the daemon):
+  /// resolver, cache, node, listener, peer links. Errors name what failed.
+  static Result<std::unique_ptr<Daemon>> start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers = {});
+  /// Closes every session and handle, node first, resolver last; run the
+  /// loop afterwards to release them.
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  /// SIGHUP (docs/CLI.md): applies every section of `config`, or none. The
+  /// key cache is flushed (keys validated under the old trust anchor or
+  /// zones are not kept), every live session is judged again under the new
+  /// policy and against fresh answers, sessions of a domain no longer hosted
+  /// are closed, the listener moves if [node] says so, [[peers]] links are
+  /// added and dropped.
+  Status reload(NodeConfig config);
+  /// Stops the peer links and closes every session with ERROR Shutdown.
+  void shutdown(const std::string& reason);
+
+  Node& node() { return *node_; }
+  KeyCache& cache() { return *cache_; }
+  KeyResolver& resolver() { return *resolver_; }
+  const NodeConfig& config() const { return config_; }
+
+ private:
+  struct PeerLink;
+  explicit Daemon(uv_loop_t* loop);
+  void start_link(const StaticPeer& peer);
+  void connect(PeerLink& link);
+  void schedule(PeerLink& link);
+  void on_session_closed(const SessionInfo& info);
+  void apply_peers(const std::vector<StaticPeer>& peers);
+
+  uv_loop_t* loop_;
+  NodeConfig config_;
+  Node::Handlers handlers_;
+  std::unique_ptr<KeyResolver> resolver_;
+  std::unique_ptr<KeyCache> cache_;
+  std::unique_ptr<Node> node_;
+  std::vector<std::unique_ptr<PeerLink>> links_;
+  bool stopping_ = false;
+};
+
+}  // namespace keyfed

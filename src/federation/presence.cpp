@@ -1,0 +1,61 @@
+#include "federation/presence.h"
+
+namespace keyfed {
+
+Status PresenceBook::subscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity) {
+  auto& held = by_session_[session];
+  if (held.contains({watcher, presentity})) return ok_status();
+  if (held.size() >= max_per_session_) {
+    if (held.empty()) by_session_.erase(session);
+    return make_error("the session already holds {} subscriptions (max_subscriptions_per_session)",
+                      max_per_session_);
+  }
+  held.emplace(watcher, presentity);
+  ++watching_[presentity][session];
+  return ok_status();
+}
+
+void PresenceBook::unsubscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity) {
+  auto held = by_session_.find(session);
+  if (held == by_session_.end() || held->second.erase({watcher, presentity}) == 0) return;
+  if (held->second.empty()) by_session_.erase(held);
+  auto sessions = watching_.find(presentity);
+  if (sessions == watching_.end()) return;
+  auto count = sessions->second.find(session);
+  if (count != sessions->second.end() && --count->second == 0) sessions->second.erase(count);
+  if (sessions->second.empty()) watching_.erase(sessions);
+}
+
+void PresenceBook::drop_session(std::uint64_t session) {
+  auto held = by_session_.find(session);
+  if (held == by_session_.end()) return;
+  for (const auto& [watcher, presentity] : held->second) {
+    auto sessions = watching_.find(presentity);
+    if (sessions == watching_.end()) continue;
+    sessions->second.erase(session);
+    if (sessions->second.empty()) watching_.erase(sessions);
+  }
+  by_session_.erase(held);
+}
+
+std::vector<std::uint64_t> PresenceBook::publish(const std::string& presentity, std::string document) {
+  documents_[presentity] = std::move(document);
+  std::vector<std::uint64_t> out;
+  if (auto it = watching_.find(presentity); it != watching_.end()) {
+    for (const auto& [session, count] : it->second) out.push_back(session);
+  }
+  return out;
+}
+
+const std::string& PresenceBook::document(const std::string& presentity) const {
+  static const std::string kNone;
+  auto it = documents_.find(presentity);
+  return it == documents_.end() ? kNone : it->second;
+}
+
+std::size_t PresenceBook::subscriptions_of(std::uint64_t session) const {
+  auto it = by_session_.find(session);
+  return it == by_session_.end() ? 0 : it->second.size();
+}
+
+}  // namespace keyfed

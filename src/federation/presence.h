@@ -1,0 +1,48 @@
+// Presence as the federation core keeps it, in memory: the documents of
+// hosted presentities, and which watcher on which peer session watches which
+// presentity (docs/PROTOCOL.md §5). Subscriptions per session are bounded
+// (docs/SECURITY.md, "Budgets"), and a change reaches exactly the sessions
+// watching the presentity, without walking the others.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace keyfed {
+
+class PresenceBook {
+ public:
+  explicit PresenceBook(std::size_t max_subscriptions_per_session) : max_per_session_(max_subscriptions_per_session) {}
+
+  /// Adds a subscription; an error when the session already holds the maximum.
+  /// Subscribing twice is not an error and counts once.
+  Status subscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity);
+  void unsubscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity);
+  /// Forgets every subscription of a session that closed.
+  void drop_session(std::uint64_t session);
+
+  /// Sets a presentity's document; returns the sessions watching it, each once.
+  std::vector<std::uint64_t> publish(const std::string& presentity, std::string document);
+  /// The current document, or empty when none was published.
+  const std::string& document(const std::string& presentity) const;
+
+  std::size_t subscriptions_of(std::uint64_t session) const;
+  void set_max_per_session(std::size_t max) { max_per_session_ = max; }
+
+ private:
+  std::size_t max_per_session_;
+  std::map<std::string, std::string> documents_;
+  // presentity -> session -> number of watchers on that session
+  std::unordered_map<std::string, std::map<std::uint64_t, std::size_t>> watching_;
+  // session -> (watcher, presentity)
+  std::unordered_map<std::uint64_t, std::set<std::pair<std::string, std::string>>> by_session_;
+};
+
+}  // namespace keyfed
