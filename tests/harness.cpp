@@ -21,6 +21,14 @@ ResolverConfig testbed_resolver_config() {
   return config->resolver;
 }
 
+ResolverConfig testbed_resolver_config_with(const std::string& origin, const std::string& file) {
+  ResolverConfig config = testbed_resolver_config();
+  for (ZoneFile& zone : config.zones) {
+    if (zone.origin == origin) zone.path = testbed_dir() / file;
+  }
+  return config;
+}
+
 TempDir::TempDir() {
   std::string pattern = (std::filesystem::temp_directory_path() / "keyfed-test-XXXXXX").string();
   if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");

@@ -20,6 +20,9 @@ std::filesystem::path testdata_dir();  // tests/testdata
 
 /// The testbed's resolver settings: trust anchor plus every zone of keyfed.toml.
 ResolverConfig testbed_resolver_config();
+/// The same, with the zone of `origin` read from another signed file of the
+/// testbed (a variant: "beta.test.rolled.zone.signed", "test.nobetads.zone.signed").
+ResolverConfig testbed_resolver_config_with(const std::string& origin, const std::string& file);
 
 /// A fresh private directory, removed with the object.
 class TempDir {

@@ -125,3 +125,35 @@ TEST_CASE("non-ASCII text where toml++ 3.3 misreads it is refused, and read in s
   REQUIRE_FALSE(config.ok());
   CHECK(config.error().message == "/nonexistent/u.toml:2: unknown setting 'x'");
 }
+
+TEST_CASE("the commented example of docs/CONFIG.md loads, every documented setting included", "[config][docs]") {
+  std::ifstream doc(std::filesystem::path(KEYFED_DOCS_DIR) / "CONFIG.md");
+  REQUIRE(doc);
+  std::stringstream buffer;
+  buffer << doc.rdbuf();
+  std::string text = buffer.str();
+  auto start = text.find("```toml\n");
+  REQUIRE(start != std::string::npos);
+  start += 8;
+  auto end = text.find("```", start);
+  REQUIRE(end != std::string::npos);
+  std::string example = text.substr(start, end - start);
+  // The root trust anchor may not be installed where the tests run: the
+  // testbed's stands in for it.
+  example = replace_all(example, "/usr/share/dns/root.key", (test::testbed_dir() / "trust-anchor.ds").string());
+  test::TempDir dir;
+  auto path = dir.path() / "example.toml";
+  std::ofstream(path) << example;
+  Result<NodeConfig> config = load_node_config(path);
+  INFO(example);
+  REQUIRE(config.ok());
+  CHECK(config->federation.limits.connect_timeout == std::chrono::milliseconds(5000));
+  CHECK(config->federation.limits.max_outbound == 100);
+  CHECK(config->federation.policy.overrides.at("*.spam.example") == PeerOverride::Refuse);
+  CHECK(config->federation.policy.max_key_staleness == std::chrono::seconds(900));
+  CHECK(config->key_cache.max_bytes == 33554432);
+  CHECK(config->resolver.max_key_records == 32);
+  CHECK(config->peers.size() == 1);
+  // The example's [limits] are the defaults, as it says.
+  CHECK(config->federation.limits == NodeLimits{});
+}

@@ -277,3 +277,63 @@ TEST_CASE("absurd cache bounds are refused", "[key_cache][config]") {
   CHECK_FALSE(check_key_cache_config({.prefetch_ratio = 1.5}).ok());
   CHECK(check_key_cache_config({}).ok());
 }
+
+TEST_CASE("the cache is bounded in bytes, not only in entries", "[key_cache][budgets]") {
+  CacheFixture f({.max_bytes = 64 * 1024});
+  std::size_t one = 0;
+  for (int i = 0; i < 300; ++i) {
+    f.lookup(fmt::format("n{}.wild.test", i));
+    if (i == 0) one = f.cache->bytes();
+    CHECK(f.cache->bytes() <= 64 * 1024);
+  }
+  REQUIRE(one > 0);
+  CHECK(300 * one > 64 * 1024);  // so the bound was met by evicting
+  CHECK(f.cache->size() < 300);
+  CHECK(f.cache->stats().evictions > 0);
+  // Raised, then lowered again: a lower bound applies at once.
+  REQUIRE(f.cache->reconfigure({.max_bytes = 1024 * 1024}).ok());
+  for (int i = 0; i < 300; ++i) f.lookup(fmt::format("m{}.wild.test", i));
+  CHECK(f.cache->bytes() > 64 * 1024);
+  REQUIRE(f.cache->reconfigure({.max_bytes = 64 * 1024}).ok());
+  CHECK(f.cache->bytes() <= 64 * 1024);
+  CHECK_FALSE(f.cache->reconfigure({.max_bytes = 100}).ok());
+}
+
+TEST_CASE("a cancelled lookup never calls back, and the query goes when nobody waits", "[key_cache][budgets]") {
+  test::SilentNameServer silent;
+  ResolverConfig slow;
+  slow.trust_anchor = test::testbed_dir() / "trust-anchor.ds";
+  slow.forwarders = {silent.address()};
+  slow.query_timeout = std::chrono::milliseconds(30000);
+  CacheFixture f({}, slow);
+  bool called = false;
+  auto first = f.cache->lookup("slow.example", [&](auto) { called = true; });
+  auto second = f.cache->lookup("slow.example", [&](auto) { called = true; });
+  REQUIRE(first != 0);
+  REQUIRE(f.resolver->pending() == 1);
+  f.cache->cancel(first);
+  CHECK(f.resolver->pending() == 1);  // the second still waits
+  f.cache->cancel(second);
+  CHECK(f.resolver->pending() == 0);
+  CHECK(f.cache->stats().cancelled == 1);
+  f.cache->cancel(second);  // twice: ignored
+  f.cache->cancel(0);
+  CHECK_FALSE(called);
+}
+
+TEST_CASE("answer listeners hear of every answer; clear() forgets every entry", "[key_cache]") {
+  CacheFixture f;
+  std::vector<std::string> heard;
+  f.cache->add_answer_listener([&](const std::string& domain, const auto&) { heard.push_back(domain); });
+  f.lookup("alpha.test");
+  f.clock.advance(seconds(301));
+  f.lookup("alpha.test");  // the same keys again: no change, but an answer
+  CHECK(heard == std::vector<std::string>{"alpha.test", "alpha.test"});
+  CHECK(f.cache->is_fresh("alpha.test"));
+  f.cache->clear();
+  CHECK_FALSE(f.cache->is_fresh("alpha.test"));
+  CHECK(f.cache->size() == 0);
+  CHECK(f.cache->bytes() == 0);
+  f.lookup("alpha.test");
+  CHECK(f.cache->stats().queries == 3);
+}

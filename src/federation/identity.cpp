@@ -89,7 +89,8 @@ int no_passphrase(char*, int, int, void*) { return -1; }
 Result<DomainIdentity> load_domain_identity(const std::string& domain, const std::filesystem::path& key_file) {
   // Opened once, without following a symbolic link, and checked through the
   // descriptor that is then read: no window between the check and the read.
-  int fd = ::open(key_file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer.
+  int fd = ::open(key_file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ELOOP) {
       return make_error("{}: key file is a symbolic link; name the file itself", key_file.string());

@@ -40,8 +40,8 @@ struct NodeLimits {
   std::size_t max_tracked_sources = 65536;  ///< rate-limit buckets kept at most
   // Per-session state.
   std::size_t max_subscriptions_per_session = 1000;
-  std::size_t send_queue_high_water = 256 * 1024;  ///< bytes queued to a peer: stop reading from it
-  std::size_t send_queue_limit = 1024 * 1024;      ///< ... and close it
+  std::size_t send_queue_high_water = 64 * 1024;   ///< bytes queued to a peer: stop reading from it
+  std::size_t send_queue_limit = 256 * 1024;       ///< ... and close it
   std::chrono::milliseconds send_stall_timeout{30000};  ///< above high water this long: close
 
   bool operator==(const NodeLimits&) const = default;

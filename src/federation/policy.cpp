@@ -184,20 +184,21 @@ RecheckVerdict recheck(const PolicyConfig& config, const SessionAuthentication& 
   }
   out.verdict = decide(config, session.direction, fresh, session.peer_spki);
   const PolicyVerdict& v = out.verdict;
-  if (!is_accepted(v.decision)) {
-    out.keep = false;
-    bool key_gone = session.key && v.key_checked && !fresh.keys.empty();
-    out.reason = key_gone ? fmt::format("key {} of {} is no longer published ({})", session.key->key_tag,
-                                        fresh.domain, to_string(fresh.outcome))
-                          : v.reason;
-  } else if (v.decision != session.decision) {
-    out.keep = false;
-    out.reason = session.decision == Decision::Unauthenticated && fresh.outcome == DnsOutcome::Keys
-                     ? fmt::format("{} now publishes keys; the unauthenticated session must end", fresh.domain)
-                     : fmt::format("{} would now be {} rather than {}: {}", fresh.domain, to_string(v.decision),
-                                   to_string(session.decision), v.reason);
-  } else {
+  if (is_accepted(v.decision) && v.decision == session.decision) {
     out.confirmed = true;
+    return out;
+  }
+  out.keep = false;
+  if (session.decision == Decision::Unauthenticated && fresh.outcome == DnsOutcome::Keys) {
+    out.reason = fmt::format("{} now publishes keys; the unauthenticated session must end", fresh.domain);
+  } else if (session.key && v.key_checked && !fresh.keys.empty() && !is_accepted(v.decision)) {
+    out.reason = fmt::format("key {} of {} is no longer published ({})", session.key->key_tag, fresh.domain,
+                             to_string(fresh.outcome));
+  } else if (!is_accepted(v.decision)) {
+    out.reason = v.reason;
+  } else {
+    out.reason = fmt::format("{} would now be {} rather than {}: {}", fresh.domain, to_string(v.decision),
+                             to_string(session.decision), v.reason);
   }
   return out;
 }
