@@ -1,6 +1,8 @@
 // Bad configuration files (testdata/configs/*.toml): each names, on its first
 // line, the error it must produce; @TESTBED@ and @TESTDATA@ are replaced by
 // the generated testbed and the testdata directory.
+#include <sys/stat.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -156,4 +158,20 @@ TEST_CASE("the commented example of docs/CONFIG.md loads, every documented setti
   CHECK(config->peers.size() == 1);
   // The example's [limits] are the defaults, as it says.
   CHECK(config->federation.limits == NodeLimits{});
+}
+
+TEST_CASE("a trust anchor or zone path that is not a regular file is refused at once, not read forever",
+          "[config]") {
+  test::TempDir dir;
+  auto fifo = dir.path() / "anchor.fifo";
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  for (const std::filesystem::path& path : {dir.path(), fifo}) {
+    INFO(path);
+    Status anchor = check_trust_anchor_file(path);
+    REQUIRE_FALSE(anchor.ok());
+    CHECK_THAT(anchor.error().message, Catch::Contains("not a regular file"));
+    auto zone = inspect_zone_file(path);
+    REQUIRE_FALSE(zone.ok());
+    CHECK_THAT(zone.error().message, Catch::Contains("not a regular file"));
+  }
 }

@@ -1,5 +1,9 @@
 #include "dnskey/resolver_config.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -18,9 +22,22 @@ struct FileCloser {
 };
 using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
+// Opened without blocking (a FIFO would wait for a writer) and checked to be
+// a regular file through the descriptor read from: a directory would never
+// reach end-of-file.
 Result<FilePtr> open_for_reading(const std::filesystem::path& path, std::string_view what) {
-  FilePtr file(std::fopen(path.c_str(), "r"));
-  if (!file) return make_error("{}: cannot read {}: {}", path.string(), what, std::strerror(errno));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return make_error("{}: cannot read {}: {}", path.string(), what, std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error("{}: cannot read {}: not a regular file", path.string(), what);
+  }
+  FilePtr file(::fdopen(fd, "r"));
+  if (!file) {
+    ::close(fd);
+    return make_error("{}: cannot read {}: {}", path.string(), what, std::strerror(errno));
+  }
   return file;
 }
 
@@ -44,6 +61,10 @@ Status for_each_record(const std::filesystem::path& path, std::string_view what,
   int line = 0;
   Status result = ok_status();
   while (result.ok() && !std::feof(file->get())) {
+    if (std::ferror(file->get())) {
+      result = make_error("{}: cannot read {}: {}", path.string(), what, std::strerror(errno));
+      break;
+    }
     ldns_rr* rr_raw = nullptr;
     ldns_status status =
         ldns_rr_new_frm_fp_l(&rr_raw, file->get(), &default_ttl, &origin_raw, &prev_raw, &line);

@@ -147,7 +147,6 @@ class PeerSession final : private TransportUser {
   std::uint64_t bytes_since_rekey_ = 0;
   std::uint64_t last_rekey_ms_ = 0;
   std::uint64_t stalled_since_ms_ = 0;  // reading paused: the peer does not take what we send
-  bool transport_closed_ = false;
   /// Points at this session until it closes: replies that come later (a
   /// delivery's ACK) check it before touching the session.
   std::shared_ptr<PeerSession*> self_;
