@@ -32,10 +32,10 @@ unset ASAN_OPTIONS UBSAN_OPTIONS
 echo "== fuzz: each parser for a bounded number of inputs (clang, libFuzzer, ASan+UBSan)"
 CXX=clang++ "$src/tools/build.sh" "$src/build-fuzz" -DKEYFED_FUZZ=ON -DKEYFED_BUILD_TESTS=OFF -DKEYFED_BUILD_BENCH=OFF
 for target in frames:fuzz/corpus/frames cpim:tests/testdata/cpim key_record:fuzz/corpus/key_record \
-              config:fuzz/corpus/config; do
+              config:fuzz/corpus/config session:fuzz/corpus/session; do
   name=${target%%:*}; corpus=$src/${target#*:}
   scratch=$(mktemp -d)  # new inputs go here, not into the committed corpus
-  if ! "$src/build-fuzz/fuzz/fuzz_$name" -runs=300000 -max_len=4096 "$scratch" "$corpus" > "$scratch.log" 2>&1; then
+  if ! "$src/build-fuzz/fuzz/fuzz_$name" -runs=300000 -max_len=4096 -timeout=30 "$scratch" "$corpus" > "$scratch.log" 2>&1; then
     tail -40 "$scratch.log"
     echo "fuzz_$name: FAILED (the crashing input is in the log above)" >&2
     exit 1
