@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -26,7 +27,10 @@ Child::Child(std::vector<std::string> args) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    execv(KEYFED_BINARY, argv.data());
+    // KEYFED_TEST_BINARY runs these tests against another build (an older
+    // release, to show what a fix changed).
+    const char* binary = std::getenv("KEYFED_TEST_BINARY");
+    execv(binary != nullptr ? binary : KEYFED_BINARY, argv.data());
     _exit(127);
   }
   close(fds[1]);

@@ -14,6 +14,7 @@
 namespace keyfed::test {
 
 /// The keyfed binary run with `args` (argv[0] included), stderr captured.
+/// The binary is this build's, or $KEYFED_TEST_BINARY when set.
 class Child {
  public:
   explicit Child(std::vector<std::string> args);

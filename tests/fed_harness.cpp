@@ -77,6 +77,15 @@ std::vector<std::string> FedNode::audits_with(std::string_view text) const {
   return out;
 }
 
+std::shared_ptr<const hostile::TlsClientContext> client_tls(const std::filesystem::path& key, std::string sni) {
+  hostile::TlsOptions options;
+  options.key_file = key;
+  options.sni = std::move(sni);
+  auto context = hostile::TlsClientContext::create(options);
+  if (!context) FAIL("TLS context for " << key << ": " << context.error().message);
+  return std::make_shared<const hostile::TlsClientContext>(std::move(context).value());
+}
+
 std::string cpim_message(const std::string& from, const std::string& to, const std::string& text) {
   return "From: <" + from + ">\r\nTo: <" + to + ">\r\nDateTime: 2026-11-23T05:00:00Z\r\n\r\n" +
          "Content-Type: text/plain\r\n\r\n" + text;

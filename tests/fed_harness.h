@@ -13,6 +13,7 @@
 #include "federation/frames.h"
 #include "federation/node.h"
 #include "harness.h"
+#include "hostile_peer.h"
 
 namespace keyfed::test {
 
@@ -40,6 +41,10 @@ struct FedNode {
   std::vector<NotifyPayload> notified;
   std::vector<std::pair<SessionInfo, std::string>> closed;
 };
+
+/// A hostile peer's TLS context presenting `key` (0600 PEM), asking for `sni`.
+std::shared_ptr<const hostile::TlsClientContext> client_tls(const std::filesystem::path& key,
+                                                            std::string sni = "alpha.test");
 
 /// A CPIM message (RFC 3862) from `from` to `to`.
 std::string cpim_message(const std::string& from, const std::string& to, const std::string& text);

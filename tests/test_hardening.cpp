@@ -33,16 +33,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::shared_ptr<const TlsClientContext> context_for(const std::filesystem::path& key,
-                                                    std::string sni = "alpha.test") {
-  TlsOptions options;
-  options.key_file = key;
-  options.sni = std::move(sni);
-  auto context = TlsClientContext::create(options);
-  REQUIRE(context.ok());
-  return std::make_shared<const TlsClientContext>(std::move(context).value());
-}
-
 std::filesystem::path fresh_key(const TempDir& dir, const std::string& name) {
   auto path = dir.path() / (name + ".pem");
   REQUIRE(generate_key_file(path, kAlgorithmEd25519).ok());
@@ -65,7 +55,7 @@ bool closed_with(const FedNode& n, std::string_view text) {
 ClaimResult claim_once(TestLoop& loop, int port, const std::filesystem::path& key, const std::string& domain,
                        const std::string& from = "127.0.0.1") {
   ClaimResult result;
-  auto tls = context_for(key);
+  auto tls = client_tls(key);
   run_on_thread(loop, [&] {
     auto peer = HostilePeer::connect({.port = port, .from = from});
     if (!peer) {
@@ -163,7 +153,7 @@ TEST_CASE("finding 2: a peer cannot smuggle another sender past the strict CPIM 
       {"a From of another domain", "From: <im:ceo@alpha.test>\r\nTo: <im:alice@alpha.test>\r\n" + body,
        NackCode::SenderNotPeer},
   };
-  auto tls = context_for(fedkey("beta-new"));
+  auto tls = client_tls(fedkey("beta-new"));
   std::vector<AckResult> answers(attacks.size());
   AckResult legit;
   run_on_thread(loop, [&] {
@@ -235,7 +225,7 @@ TEST_CASE("finding 3: what an unauthenticated client can make the node spend on 
     slow.forwarders = {silent.address()};
     slow.query_timeout = std::chrono::milliseconds(20000);
     REQUIRE(alpha.resolver->reload(slow).ok());
-    auto tls = context_for(fresh_key(dir, "hang"));
+    auto tls = client_tls(fresh_key(dir, "hang"));
     run_on_thread(loop, [&] {
       auto peer = HostilePeer::connect({.port = alpha.node->port()});
       if (!peer || !peer->handshake(*tls)) return;
@@ -259,7 +249,7 @@ TEST_CASE("finding 4: a peer that never reads is stopped, then cut off", "[harde
     s.limits.send_queue_limit = 256 * 1024;
     s.limits.send_stall_timeout = std::chrono::milliseconds(500);
   });
-  auto tls = context_for(fedkey("beta-new"));
+  auto tls = client_tls(fedkey("beta-new"));
   FloodResult flood;
   bool claimed = false;
   run_on_thread(loop, [&] {
@@ -284,7 +274,7 @@ TEST_CASE("finding 4: subscriptions per session, frames before CLAIM and rate bu
   TestLoop loop;
   FedNode alpha(loop, "alpha.test", fedkey("alpha-1"),
                 [](NodeSettings& s) { s.limits.max_subscriptions_per_session = 3; });
-  auto tls = context_for(fedkey("beta-new"));
+  auto tls = client_tls(fedkey("beta-new"));
 
   SECTION("the subscription beyond max_subscriptions_per_session is NACKed") {
     std::vector<ReadResult> answers;

@@ -13,21 +13,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::shared_ptr<const TlsClientContext> context_for(const std::filesystem::path& key) {
-  TlsOptions options;
-  options.key_file = key;
-  auto context = TlsClientContext::create(options);
-  REQUIRE(context.ok());
-  return std::make_shared<const TlsClientContext>(std::move(context).value());
-}
-
 }  // namespace
 
 TEST_CASE("hostile peer: a legitimate flow from 127.0.0.2 gets CLAIM_OK and the message its ACK", "[hostile]") {
   TestLoop loop;
   FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
   LegitFlow flow{.connect = {.port = alpha.node->port(), .from = "127.0.0.2"},
-                 .tls = context_for(fedkey("beta-new")),
+                 .tls = client_tls(fedkey("beta-new")),
                  .domain = "beta.test",
                  .cpim = cpim_message("im:bob@beta.test", "im:alice@alpha.test", "hello")};
   FlowResult result;
@@ -102,7 +94,7 @@ TEST_CASE("hostile peer: TLS 1.2 and a foreign ALPN fail the handshake with Open
 TEST_CASE("hostile peer: a claim without the domain's key is refused with ERROR ClaimRefused", "[hostile]") {
   TestLoop loop;
   FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
-  auto gamma_key = context_for(fedkey("gamma-1"));
+  auto gamma_key = client_tls(fedkey("gamma-1"));
   TlsResult tls;
   ClaimResult claim;
   bool closed = false;
@@ -127,7 +119,7 @@ TEST_CASE("hostile peer: a claim without the domain's key is refused with ERROR 
 TEST_CASE("hostile peer: a PING sent one TLS record per byte gets its PONG; never reading is reported", "[hostile]") {
   TestLoop loop;
   FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
-  auto beta_key = context_for(fedkey("beta-new"));
+  auto beta_key = client_tls(fedkey("beta-new"));
   std::string established;
   ReadResult pong;
   FloodResult flood;

@@ -23,14 +23,6 @@ namespace {
 const std::string kForged =
     "\nkeyfed: info: audit {\"decision\":\"authenticated\",\"event\":\"claim\",\"claimed_domain\":\"bank.test\"}\n";
 
-std::shared_ptr<const TlsClientContext> context_for(const std::filesystem::path& key) {
-  TlsOptions options;
-  options.key_file = key;
-  auto context = TlsClientContext::create(options);
-  REQUIRE(context.ok());
-  return std::make_shared<const TlsClientContext>(std::move(context).value());
-}
-
 }  // namespace
 
 TEST_CASE("the log sink escapes every line; only log_audit writes audit lines", "[logs]") {
@@ -59,8 +51,8 @@ TEST_CASE("untrusted bytes from peers reach keyfed run's log escaped and can nev
   REQUIRE_FALSE(listening.empty());
   int port = std::stoi(listening[1]);
 
-  auto as_beta = context_for(fedkey("beta-new"));
-  auto as_stranger = context_for(stranger);
+  auto as_beta = client_tls(fedkey("beta-new"));
+  auto as_stranger = client_tls(stranger);
   auto no_certificate = TlsClientContext::create({});
   REQUIRE(no_certificate.ok());
   int authenticated = 0;
