@@ -33,8 +33,8 @@ for name in "${names[@]}"; do
   seconds=$(( $(date +%s) - start ))
   done_line=$(grep -E '^Done' "$scratch.log" || true)
   cov=$(grep -oE 'cov: [0-9]+' "$scratch.log" | tail -1 || true)
-  execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$scratch.log" | grep -oE '[0-9]+$' || echo "?")
-  rate=$(grep -oE 'stat::average_exec_per_sec: [0-9]+' "$scratch.log" | grep -oE '[0-9]+$' || echo "?")
+  execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$scratch.log" | grep -oE '[0-9]+$' || echo "?")
+  rate=$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$scratch.log" | grep -oE '[0-9]+$' || echo "?")
   echo "fuzz_$name: $execs runs in $seconds s ($rate exec/s), $cov, $result"
   [ "$result" = clean ] && rm -rf "$scratch" "$scratch.log"
 done
