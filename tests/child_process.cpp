@@ -94,7 +94,7 @@ std::filesystem::path write_node_config(const TempDir& dir, const std::filesyste
   text << base.rdbuf();
   std::string config = text.str();
   // Paths in keyfed.toml are relative to the testbed directory.
-  config = std::regex_replace(config, std::regex("\"([a-z][a-z.-]*\\.(ds|signed|zone))\""),
+  config = std::regex_replace(config, std::regex("\"([a-z0-9][a-z0-9.-]*\\.(ds|signed|zone))\""),
                               "\"" + testbed_dir().string() + "/$1\"");
   config += "\n[node]\nlisten = \"127.0.0.1\"\nport = 0\n\n[[domains]]\nname = \"" + domain + "\"\nkeys = [\"" +
             key.string() + "\"]\n" + extra;

@@ -29,7 +29,7 @@ TEST_CASE("the generated testbed configuration loads", "[config]") {
   Result<NodeConfig> config = load_node_config(test::testbed_dir() / "keyfed.toml");
   REQUIRE(config.ok());
   CHECK(config->resolver.mode == ResolverMode::Testbed);
-  CHECK(config->resolver.zones.size() == 14);
+  CHECK(config->resolver.zones.size() == 18);
   CHECK(config->resolver.query_timeout == std::chrono::milliseconds(3000));
   CHECK(config->key_cache.failure_ttl == std::chrono::seconds(60));
   bool has_parent = false;
@@ -154,7 +154,7 @@ TEST_CASE("the commented example of docs/CONFIG.md loads, every documented setti
   CHECK(config->federation.policy.overrides.at("*.spam.example") == PeerOverride::Refuse);
   CHECK(config->federation.policy.max_key_staleness == std::chrono::seconds(900));
   CHECK(config->key_cache.max_bytes == 33554432);
-  CHECK(config->resolver.max_key_records == 32);
+  CHECK(config->resolver.max_key_records == 16);
   CHECK(config->peers.size() == 1);
   // The example's [limits] are the defaults, as it says.
   CHECK(config->federation.limits == NodeLimits{});

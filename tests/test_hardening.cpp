@@ -321,11 +321,17 @@ TEST_CASE("finding 4: subscriptions per session, frames before CLAIM and rate bu
     CHECK(tiny.size() == 2);
   }
   SECTION("a presence change reaches only the sessions watching it") {
-    PresenceBook book(2);
+    PresenceBook book(2, 4);
     REQUIRE(book.subscribe(1, "pres:w@beta.test", "pres:alice@alpha.test").ok());
     REQUIRE(book.subscribe(2, "pres:x@gamma.test", "pres:bob@alpha.test").ok());
     REQUIRE(book.subscribe(2, "pres:y@gamma.test", "pres:alice@alpha.test").ok());
-    CHECK_FALSE(book.subscribe(2, "pres:z@gamma.test", "pres:carol@alpha.test").ok());
+    CHECK_FALSE(book.subscribe(2, "pres:z@gamma.test", "pres:carol@alpha.test").ok());  // per session
+    REQUIRE(book.subscribe(3, "pres:v@delta.test", "pres:carol@alpha.test").ok());
+    auto full = book.subscribe(4, "pres:u@eps.test", "pres:carol@alpha.test");  // the whole book
+    REQUIRE_FALSE(full.ok());
+    CHECK_THAT(full.error().message, Catch::Contains("max_subscriptions"));
+    book.drop_session(3);
+    CHECK(book.subscriptions() == 3);
     CHECK(book.publish("pres:alice@alpha.test", "open") == std::vector<std::uint64_t>{1, 2});
     CHECK(book.publish("pres:bob@alpha.test", "open") == std::vector<std::uint64_t>{2});
     book.drop_session(2);

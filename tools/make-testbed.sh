@@ -76,6 +76,13 @@ fill_keys() { # in out
     awk -v ph="$line" -v f="$2.random" '$0 == ph { while ((getline l < f) > 0) print l; next } { print }' "$2" > "$2.tmp"
     mv "$2.tmp" "$2"; rm -f "$2.random"
   done < <(grep -oE '^@RANDOMKEYS:[^@]+@$' "$1" || true)
+  # @ADDRESSES:owner:N@: N A records 10.0.x.y at owner.
+  while read -r line; do
+    owner=${line#@ADDRESSES:}; count=${owner##*:}; count=${count%@}; owner=${owner%:*}
+    awk -v owner="$owner" -v n="$count" 'BEGIN { for (i = 1; i <= n; i++) printf "%s 300 IN A 10.0.%d.%d\n", owner, int(i / 250), i % 250 + 1 }' > "$2.addresses"
+    awk -v ph="$line" -v f="$2.addresses" '$0 == ph { while ((getline l < f) > 0) print l; next } { print }' "$2" > "$2.tmp"
+    mv "$2.tmp" "$2"; rm -f "$2.addresses"
+  done < <(grep -oE '^@ADDRESSES:[^@]+@$' "$2" || true)
   local ph kind name b64
   for ph in $(grep -oE '@(ED25519|P256):[A-Za-z0-9_-]+@' "$1" | sort -u); do
     kind=${ph#@}; kind=${kind%%:*}; name=${ph#*:}; name=${name%@}

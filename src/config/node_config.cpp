@@ -306,6 +306,7 @@ Status read_limits(const Reader& r, const toml::table& table, NodeLimits& out) {
       {"max_pending_lookups", &out.max_pending_lookups},
       {"max_tracked_sources", &out.max_tracked_sources},
       {"max_subscriptions_per_session", &out.max_subscriptions_per_session},
+      {"max_subscriptions", &out.max_subscriptions},
   };
   const std::pair<const char*, double*> rates[] = {
       {"message_rate", &out.message_rate},
@@ -314,6 +315,8 @@ Status read_limits(const Reader& r, const toml::table& table, NodeLimits& out) {
       {"connection_burst_per_source", &out.connection_burst_per_source},
       {"lookup_rate_per_source", &out.lookup_rate_per_source},
       {"lookup_burst_per_source", &out.lookup_burst_per_source},
+      {"lookup_rate_total", &out.lookup_rate_total},
+      {"lookup_burst_total", &out.lookup_burst_total},
   };
   for (auto&& [key, value] : table) {
     std::string_view name = key.str();
@@ -503,7 +506,9 @@ Status screen_config_text(std::string_view text, const std::filesystem::path& pa
       in_key = false;
       token_start = true;
     }
-    if (depth > kMaxConfigNesting) {
+    // `depth` counts the containers opened so far; the value that ends the
+    // key or array is one level more (`a = [1]` is two levels deep).
+    if (depth + 1 > kMaxConfigNesting) {
       return refuse(fmt::format("tables or arrays nested deeper than {} levels", kMaxConfigNesting));
     }
   }

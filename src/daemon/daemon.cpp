@@ -95,6 +95,7 @@ Status Daemon::reload(NodeConfig next) {
   // authenticating: the cache starts over, and every live peer domain is
   // looked up again below.
   cache_->clear();
+  node_->forget_answers();
   node_->commit(std::move(plan).value());
   if (listener) node_->use_listener(std::move(*listener));
   set_log_level(next.log_level);

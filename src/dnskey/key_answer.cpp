@@ -1,6 +1,7 @@
 #include "dnskey/key_answer.h"
 
 #include <algorithm>
+#include <cctype>
 
 #include "common/ldns.h"
 #include <unbound.h>
@@ -37,10 +38,14 @@ LdnsRrListPtr records_of(const ldns_pkt* packet, ldns_rr_type type) {
   return list ? std::move(list) : LdnsRrListPtr(ldns_rr_list_new());
 }
 
+// A name as keyfed compares names: lower-cased (DNS names are not
+// case-sensitive: an alias written _impp._tcp.GAMMA.test is gamma.test's),
+// without the trailing dot.
 std::string name_text(const ldns_rdf* name) {
   MallocString text(ldns_rdf2str(name));
   std::string out = text ? text.get() : "";
   if (out.size() > 1 && out.back() == '.') out.pop_back();
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 
@@ -58,9 +63,19 @@ void read_aliases(const ldns_pkt* packet, DomainKeys& out) {
   LdnsRrListPtr sigs = records_of(packet, LDNS_RR_TYPE_RRSIG);
   for (std::size_t i = 0; i < ldns_rr_list_rr_count(sigs.get()); ++i) {
     const ldns_rr* rr = ldns_rr_list_rr(sigs.get(), i);
-    if (ldns_rr_rd_count(rr) < 4 || ldns_rdf2rr_type(ldns_rr_rrsig_typecovered(rr)) != LDNS_RR_TYPE_KEY) continue;
+    if (ldns_rr_rd_count(rr) < 8 || ldns_rdf2rr_type(ldns_rr_rrsig_typecovered(rr)) != LDNS_RR_TYPE_KEY) continue;
+    out.signer = name_text(ldns_rr_rrsig_signame(rr));
     std::uint8_t labels = ldns_rdf2native_int8(ldns_rr_rrsig_labels(rr));
-    if (labels < ldns_dname_label_count(ldns_rr_owner(rr))) out.wildcard = true;
+    std::uint8_t owner_labels = ldns_dname_label_count(ldns_rr_owner(rr));
+    if (labels >= owner_labels) continue;
+    out.wildcard = true;
+    // The wildcard stands under the owner's last `labels` labels.
+    std::string owner = name_text(ldns_rr_owner(rr));
+    std::size_t at = owner.size();
+    for (std::uint8_t n = 0; n < labels && at != std::string::npos; ++n) {
+      at = at == 0 ? std::string::npos : owner.rfind('.', at - 1);
+    }
+    out.wildcard_parent = at == std::string::npos ? owner : owner.substr(at + 1);
   }
 }
 
@@ -91,7 +106,8 @@ DomainKeys temp_fail(const std::string& domain, std::string reason) {
 
 // docs/KEYS.md, "Outcomes": bogus is decided first, so that a failed
 // validation can never be read as an absence of keys.
-DomainKeys classify_answer(const std::string& domain, const ub_result& result, std::size_t max_key_records) {
+DomainKeys classify_answer(const std::string& domain, const ub_result& result, std::size_t max_key_records,
+                           KeyRecordMemo* memo) {
   DomainKeys out;
   out.domain = domain;
   out.ttl = static_cast<std::uint32_t>(std::max(result.ttl, 0));
@@ -129,7 +145,7 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result, s
   if (!result.secure) {
     out.outcome = DnsOutcome::Insecure;
     if (packet) {
-      KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get());
+      KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get(), memo);
       out.keys = std::move(records.keys);
       out.skipped = std::move(records.skipped);
     }
@@ -150,7 +166,7 @@ DomainKeys classify_answer(const std::string& domain, const ub_result& result, s
     out.reason = std::move(too_many_reason);
     return out;
   }
-  KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get());
+  KeyRecordSet records = parse_key_records(records_of(packet.get(), LDNS_RR_TYPE_KEY).get(), memo);
   out.keys = std::move(records.keys);
   out.skipped = std::move(records.skipped);
   if (out.keys.empty()) {

@@ -127,7 +127,9 @@ Result<EvpPkeyPtr> p256_key(std::span<const std::uint8_t> key) {
   if (!built) return make_error("ECDSA P-256 key is not a point on the curve");
   bool valid = openssl_call([&] {
     EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
-    return check && EVP_PKEY_public_check(check.get()) == 1;
+    // The quick check (on the curve, not the point at infinity) suffices:
+    // P-256 has cofactor 1, so every such point has the group's order.
+    return check && EVP_PKEY_public_check_quick(check.get()) == 1;
   });
   if (!valid) return make_error("ECDSA P-256 key is not a valid public key");
   return pkey;
@@ -219,7 +221,31 @@ Result<FederationKey> make_federation_key(std::uint16_t flags, std::uint8_t prot
   return out;
 }
 
-Result<FederationKey> parse_key_rr(const ldns_rr* rr) {
+Result<FederationKey> KeyRecordMemo::decode(std::uint16_t flags, std::uint8_t protocol, std::uint8_t algorithm,
+                                            std::span<const std::uint8_t> key) {
+  std::string rdata;
+  rdata.reserve(4 + key.size());
+  rdata.push_back(static_cast<char>(flags >> 8));
+  rdata.push_back(static_cast<char>(flags & 0xff));
+  rdata.push_back(static_cast<char>(protocol));
+  rdata.push_back(static_cast<char>(algorithm));
+  rdata.append(reinterpret_cast<const char*>(key.data()), key.size());
+  if (auto it = index_.find(rdata); it != index_.end()) {
+    ++hits_;
+    recent_.splice(recent_.begin(), recent_, it->second);
+    return it->second->second;
+  }
+  Result<FederationKey> decoded = make_federation_key(flags, protocol, algorithm, key);
+  recent_.emplace_front(rdata, decoded);
+  index_.emplace(std::move(rdata), recent_.begin());
+  if (index_.size() > capacity_) {
+    index_.erase(recent_.back().first);
+    recent_.pop_back();
+  }
+  return decoded;
+}
+
+Result<FederationKey> parse_key_rr(const ldns_rr* rr, KeyRecordMemo* memo) {
   if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_KEY) return make_error("not a KEY record");
   if (ldns_rr_rd_count(rr) != 4) {
     return make_error("KEY record has {} RDATA fields, expected 4", ldns_rr_rd_count(rr));
@@ -231,18 +257,22 @@ Result<FederationKey> parse_key_rr(const ldns_rr* rr) {
   if (ldns_rdf_size(flags) != 2 || ldns_rdf_size(protocol) != 1 || ldns_rdf_size(algorithm) != 1) {
     return make_error("KEY record RDATA is malformed");
   }
+  std::span<const std::uint8_t> bytes{ldns_rdf_data(key), ldns_rdf_size(key)};
+  if (memo != nullptr) {
+    return memo->decode(ldns_rdf2native_int16(flags), ldns_rdf2native_int8(protocol), ldns_rdf2native_int8(algorithm),
+                        bytes);
+  }
   return make_federation_key(ldns_rdf2native_int16(flags), ldns_rdf2native_int8(protocol),
-                             ldns_rdf2native_int8(algorithm),
-                             {ldns_rdf_data(key), ldns_rdf_size(key)});
+                             ldns_rdf2native_int8(algorithm), bytes);
 }
 
-KeyRecordSet parse_key_records(const ldns_rr_list* rrs) {
+KeyRecordSet parse_key_records(const ldns_rr_list* rrs, KeyRecordMemo* memo) {
   KeyRecordSet out;
   for (std::size_t i = 0; i < ldns_rr_list_rr_count(rrs); ++i) {
     const ldns_rr* rr = ldns_rr_list_rr(rrs, i);
     if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_KEY) continue;
     ++out.key_records;
-    Result<FederationKey> key = parse_key_rr(rr);
+    Result<FederationKey> key = parse_key_rr(rr, memo);
     if (key) {
       out.keys.push_back(std::move(key).value());
       continue;

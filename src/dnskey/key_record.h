@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/ldns.h"
@@ -46,8 +48,29 @@ Result<FederationKey> make_federation_key(std::uint16_t flags, std::uint8_t prot
                                           std::uint8_t algorithm,
                                           std::span<const std::uint8_t> key);
 
-/// Same, from a KEY resource record parsed by ldns.
-Result<FederationKey> parse_key_rr(const ldns_rr* rr);
+/// Decoded KEY RDATA, remembered (docs/SECURITY.md, "Budgets"): decoding a
+/// key costs tens of microseconds, and a wildcard's RRset is the same for
+/// every name under it, so each distinct RDATA is decoded once while it stays
+/// among the `capacity` most recently used. Single-threaded (the loop's).
+class KeyRecordMemo {
+ public:
+  explicit KeyRecordMemo(std::size_t capacity = 4096) : capacity_(capacity) {}
+  /// make_federation_key(), from memory when these RDATA were decoded before.
+  Result<FederationKey> decode(std::uint16_t flags, std::uint8_t protocol, std::uint8_t algorithm,
+                               std::span<const std::uint8_t> key);
+  std::size_t size() const { return index_.size(); }
+  std::uint64_t hits() const { return hits_; }
+
+ private:
+  using Entry = std::pair<std::string, Result<FederationKey>>;
+  std::size_t capacity_;
+  std::list<Entry> recent_;  // most recently used first
+  std::unordered_map<std::string, std::list<Entry>::iterator> index_;
+  std::uint64_t hits_ = 0;
+};
+
+/// Same, from a KEY resource record parsed by ldns (through `memo` if given).
+Result<FederationKey> parse_key_rr(const ldns_rr* rr, KeyRecordMemo* memo = nullptr);
 
 /// Sorts the KEY records of `rrs` into usable keys and skipped records.
 /// Records of other types are ignored.
@@ -56,7 +79,7 @@ struct KeyRecordSet {
   std::vector<SkippedRecord> skipped;
   std::size_t key_records = 0;  ///< KEY records seen, usable or not
 };
-KeyRecordSet parse_key_records(const ldns_rr_list* rrs);
+KeyRecordSet parse_key_records(const ldns_rr_list* rrs, KeyRecordMemo* memo = nullptr);
 
 /// "Ed25519", "ECDSA-P256", or "algorithm N".
 std::string algorithm_name(std::uint8_t algorithm);

@@ -16,6 +16,9 @@
 namespace keyfed {
 
 struct KeyResolver::Context {
+  /// Where libunbound's own log goes once the context runs: keyfed logs the
+  /// outcomes itself. Declared first: closed after libunbound is gone.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> quiet{nullptr, &std::fclose};
   UbCtxPtr ub;
   UvHandle<uv_poll_t> poll;  // declared last: closed before the context is deleted
 };
@@ -47,8 +50,7 @@ Status check_config_text(const std::string& text, std::string_view what) {
 Result<std::string> unbound_config_text(const ResolverConfig& config) {
   std::string text =
       "server:\n"
-      "  logfile: \"/dev/null\"\n"  // keyfed logs outcomes itself
-      "  use-syslog: no\n"
+      "  use-syslog: no\n"  // keyfed logs outcomes itself (libunbound's log: see prepare())
       "  val-log-level: 2\n";       // fills why_bogus
   // docs/SECURITY.md, "Budgets": libunbound's own memory is bounded by its
   // caches; these are its defaults, written down so that they are ours too.
@@ -141,6 +143,34 @@ Result<KeyResolver::Prepared> KeyResolver::prepare(ResolverConfig config) const 
     }
   }
 
+  // libunbound reads its zone files only when a first query finalizes the
+  // context: ask it now a name it answers locally (the default localhost
+  // zone; nothing leaves the machine), so that a zone file libunbound cannot
+  // load refuses the reload here rather than failing every lookup after it.
+  // What libunbound says while it loads goes to a private file, for the error.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log(std::tmpfile(), &std::fclose);
+  if (log) ub_ctx_debugout(ub, log.get());
+  ub_result* probe_raw = nullptr;
+  int probe = ub_resolve(ub, "localhost.", LDNS_RR_TYPE_A, LDNS_RR_CLASS_IN, &probe_raw);
+  UbResultPtr probe_result(probe_raw);
+  context->quiet.reset(std::fopen("/dev/null", "w"));
+  ub_ctx_debugout(ub, context->quiet.get());
+  if (probe != 0) {
+    std::string said;
+    if (log) {
+      std::rewind(log.get());
+      char line[512];
+      while (std::fgets(line, sizeof line, log.get()) != nullptr) {
+        std::string_view l(line);
+        if (l.find("error") == std::string_view::npos) continue;
+        while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.remove_suffix(1);
+        said += fmt::format("{}{}", said.empty() ? "" : "; ", l.substr(l.find("error")));
+      }
+    }
+    return make_error("libunbound cannot start with this configuration: {}{}", ub_strerror(probe),
+                      said.empty() ? " (a zone or trust anchor file it could not load?)" : ": " + said);
+  }
+
   context->poll = make_uv_handle<uv_poll_t>();
   if (int err = uv_poll_init(loop_, context->poll.get(), ub_fd(ub)); err != 0) {
     delete context->poll.release();  // never initialised, so it must not be uv_close()d
@@ -180,8 +210,9 @@ Status KeyResolver::reload(ResolverConfig config) {
 KeyResolver::QueryId KeyResolver::resolve(const std::string& domain, Callback callback) {
   std::size_t max_key_records = config_.max_key_records;
   return query(key_owner_name(domain), LDNS_RR_TYPE_KEY,
-               [domain, max_key_records, callback = std::move(callback)](const ub_result* answer, const std::string& failure) {
-                 callback(answer != nullptr ? classify_answer(domain, *answer, max_key_records)
+               [this, domain, max_key_records, callback = std::move(callback)](const ub_result* answer,
+                                                                                const std::string& failure) {
+                 callback(answer != nullptr ? classify_answer(domain, *answer, max_key_records, &memo_)
                                             : temp_fail(domain, failure));
                });
 }

@@ -83,6 +83,8 @@ class KeyResolver {
 
   const ResolverConfig& config() const { return config_; }
   std::size_t pending() const { return queries_.size(); }
+  /// The memory of decoded KEY RDATA (its hits show what it saved).
+  const KeyRecordMemo& decoded_keys() const { return memo_; }
   /// Queries sent to libunbound since creation (reissues after reload included).
   std::uint64_t queries_sent() const { return queries_sent_; }
 
@@ -96,6 +98,7 @@ class KeyResolver {
 
   uv_loop_t* loop_;
   ResolverConfig config_;
+  KeyRecordMemo memo_;  // decoded KEY RDATA, shared by every answer
   std::unique_ptr<Context> context_;
   std::unordered_map<QueryId, std::unique_ptr<Query>> queries_;
   QueryId next_id_ = 1;

@@ -34,7 +34,7 @@ struct ResolverConfig {
   std::chrono::milliseconds query_timeout{3000};
   /// A KEY answer with more records than this is refused unread
   /// (docs/SECURITY.md, "Budgets"; the same default as kDefaultMaxKeyRecords).
-  std::size_t max_key_records = 32;
+  std::size_t max_key_records = 16;
   /// Production: queries per second libunbound sends to the servers of any
   /// one zone (its `ratelimit`), so random names cannot turn the node into a
   /// flood relay against another domain's servers. 0: no limit.

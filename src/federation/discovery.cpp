@@ -107,6 +107,7 @@ void Discovery::on_srv(const std::shared_ptr<Job>& job, const ub_result* answer,
       return job->callback(make_error("{} says it offers no federation service (SRV target \".\")", job->domain));
     }
     job->srv = order_srv_records(std::move(records), random_);
+    if (job->srv.size() > kMaxSrvTargets) job->srv.resize(kMaxSrvTargets);
     job->via_srv = true;
     for (const SrvRecord& r : job->srv) job->hosts.emplace_back(r.target, r.port);
   } else {
@@ -127,8 +128,9 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
         } else if (answer != nullptr && answer->havedata) {
           job->secure = job->secure && answer->secure != 0;
           LdnsRrListPtr rrs = answer_records(*answer, static_cast<ldns_rr_type>(type));
-          for (std::size_t i = 0; i < ldns_rr_list_rr_count(rrs.get()); ++i) {
-            job->addresses[host].push_back(rdf_text(ldns_rr_rdf(ldns_rr_list_rr(rrs.get(), i), 0)));
+          std::vector<std::string>& addresses = job->addresses[host];
+          for (std::size_t i = 0; i < ldns_rr_list_rr_count(rrs.get()) && addresses.size() < kMaxAddressesPerHost; ++i) {
+            addresses.push_back(rdf_text(ldns_rr_rdf(ldns_rr_list_rr(rrs.get(), i), 0)));
           }
         }
         if (--job->outstanding > 0) return;
@@ -137,7 +139,9 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
         found.via_srv = job->via_srv;
         found.secure = job->secure;
         for (const auto& h : job->hosts) {
-          for (const std::string& address : job->addresses[h]) found.servers.push_back({h.first, address, h.second});
+          for (const std::string& address : job->addresses[h]) {
+            if (found.servers.size() < kMaxServers) found.servers.push_back({h.first, address, h.second});
+          }
         }
         if (found.servers.empty()) return job->callback(make_error("no address found for the servers of {}", job->domain));
         job->callback(std::move(found));

@@ -33,8 +33,14 @@ struct ServerAddress {
   int port = 0;
 };
 
+/// Bounds on what one discovery returns (docs/SECURITY.md, "Budgets"): a
+/// domain's DNS cannot make the node try thousands of addresses.
+inline constexpr std::size_t kMaxSrvTargets = 8;
+inline constexpr std::size_t kMaxAddressesPerHost = 4;
+inline constexpr std::size_t kMaxServers = 16;
+
 struct DiscoveredServers {
-  std::vector<ServerAddress> servers;  ///< in the order to try them
+  std::vector<ServerAddress> servers;  ///< in the order to try them; at most kMaxServers
   bool via_srv = false;
   bool secure = false;  ///< every answer used was DNSSEC-validated
 };

@@ -123,16 +123,26 @@ std::vector<std::uint8_t> encode_frame(FrameType type, std::span<const std::uint
 }
 
 void FrameReader::feed(std::span<const std::uint8_t> bytes) {
-  if (consumed_ > 0 && consumed_ == buffer_.size()) {
-    buffer_.clear();
-    consumed_ = 0;
-  }
+  compact();
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+}
+
+void FrameReader::compact() {
+  // What was consumed is dropped as soon as the reader waits for more, so a
+  // session holds at most one partial frame; a buffer grown for a large
+  // frame is given back once it is empty (docs/SECURITY.md, "Budgets").
+  if (consumed_ == 0) return;
+  buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
+  consumed_ = 0;
+  if (buffer_.empty() && buffer_.capacity() > kKeptCapacity) std::vector<std::uint8_t>().swap(buffer_);
 }
 
 Result<std::optional<Frame>> FrameReader::next() {
   std::size_t available = buffer_.size() - consumed_;
-  if (available < kFrameHeaderSize) return std::optional<Frame>{};
+  if (available < kFrameHeaderSize) {
+    compact();
+    return std::optional<Frame>{};
+  }
   const std::uint8_t* p = buffer_.data() + consumed_;
   std::size_t length = static_cast<std::size_t>(p[1]) << 24 | static_cast<std::size_t>(p[2]) << 16 |
                        static_cast<std::size_t>(p[3]) << 8 | p[4];
@@ -140,15 +150,14 @@ Result<std::optional<Frame>> FrameReader::next() {
     return make_error("{} frame of {} bytes exceeds the limit of {}", frame_type_name(p[0]), length,
                       max_frame_size_);
   }
-  if (available < kFrameHeaderSize + length) return std::optional<Frame>{};
+  if (available < kFrameHeaderSize + length) {
+    compact();
+    return std::optional<Frame>{};
+  }
   Frame frame;
   frame.type = p[0];
   frame.payload.assign(p + kFrameHeaderSize, p + kFrameHeaderSize + length);
   consumed_ += kFrameHeaderSize + length;
-  if (consumed_ > 65536 && consumed_ * 2 > buffer_.size()) {  // keep the buffer from growing forever
-    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
-    consumed_ = 0;
-  }
   return std::optional<Frame>{std::move(frame)};
 }
 

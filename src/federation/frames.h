@@ -83,6 +83,8 @@ class FrameReader {
   void set_max_frame_size(std::size_t max_frame_size) { max_frame_size_ = max_frame_size; }
 
  private:
+  static constexpr std::size_t kKeptCapacity = 16 * 1024;
+  void compact();
   std::size_t max_frame_size_;
   std::vector<std::uint8_t> buffer_;
   std::size_t consumed_ = 0;

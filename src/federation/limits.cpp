@@ -29,12 +29,15 @@ Status check_node_limits(const NodeLimits& l) {
                       "max_inbound_authenticated, max_outbound, max_sessions_per_peer_domain) must be at least 1");
   }
   if (!(l.connection_rate_per_source > 0) || !(l.connection_burst_per_source >= 1) ||
-      !(l.lookup_rate_per_source > 0) || !(l.lookup_burst_per_source >= 1)) {
+      !(l.lookup_rate_per_source > 0) || !(l.lookup_burst_per_source >= 1) || !(l.lookup_rate_total > 0) ||
+      !(l.lookup_burst_total >= 1)) {
     return make_error("per-source rates must be positive and their bursts at least 1");
   }
   if (l.max_pending_lookups < 1) return make_error("max_pending_lookups must be at least 1");
   if (l.max_tracked_sources < 16) return make_error("max_tracked_sources must be at least 16");
-  if (l.max_subscriptions_per_session < 1) return make_error("max_subscriptions_per_session must be at least 1");
+  if (l.max_subscriptions_per_session < 1 || l.max_subscriptions < 1) {
+    return make_error("max_subscriptions_per_session and max_subscriptions must be at least 1");
+  }
   if (l.send_queue_high_water < 4096 || l.send_queue_limit < l.send_queue_high_water) {
     return make_error("send_queue_high_water must be at least 4096 and send_queue_limit at least as large");
   }

@@ -29,17 +29,23 @@ struct NodeLimits {
   std::size_t max_unauthenticated_per_source = 64;  ///< ... of them from one source address
   std::size_t max_inbound_authenticated = 800;
   std::size_t max_outbound = 100;
-  std::size_t max_sessions_per_peer_domain = 16;  ///< authenticated sessions, both directions
-  // Per-source rates of unauthenticated work. A connection or a lookup that
-  // ends in an accepted session is given back: only strangers pay.
+  /// Authenticated inbound sessions of one peer domain; names whose keys come
+  /// from one wildcard or one alias target count as one (key_principal()).
+  std::size_t max_sessions_per_peer_domain = 16;
+  // Rates of unauthenticated work, per source address. A connection that
+  // ends in a session authenticated by a key is given back; a lookup never
+  // is (a peer's keys are then cached: it needs no more).
   double connection_rate_per_source = 20;   ///< new connections per second
   double connection_burst_per_source = 100;
   double lookup_rate_per_source = 10;       ///< claims that need a DNS lookup, per second
   double lookup_burst_per_source = 100;
+  double lookup_rate_total = 100;           ///< ... all sources together
+  double lookup_burst_total = 200;
   std::size_t max_pending_lookups = 256;    ///< claims waiting on DNS, all sources together
   std::size_t max_tracked_sources = 65536;  ///< rate-limit buckets kept at most
   // Per-session state.
   std::size_t max_subscriptions_per_session = 1000;
+  std::size_t max_subscriptions = 20000;  ///< all sessions together
   std::size_t send_queue_high_water = 64 * 1024;   ///< bytes queued to a peer: stop reading from it
   std::size_t send_queue_limit = 256 * 1024;       ///< ... and close it
   std::chrono::milliseconds send_stall_timeout{30000};  ///< above high water this long: close

@@ -24,7 +24,8 @@ Node::Node(uv_loop_t* loop, KeyCache& cache, Handlers handlers)
       message_rate_(1, 1, 1),
       connection_rate_(1, 1, 1),
       lookup_rate_(1, 1, 1),
-      presence_(1) {}
+      lookup_rate_total_(1, 1, 1),
+      presence_(1, 1) {}
 
 Result<std::unique_ptr<Node>> Node::create(uv_loop_t* loop, KeyCache& cache, NodeSettings settings,
                                            Handlers handlers) {
@@ -42,6 +43,7 @@ Result<std::unique_ptr<Node>> Node::create(uv_loop_t* loop, KeyCache& cache, Nod
       RateLimiter(limits.connection_rate_per_source, limits.connection_burst_per_source, limits.max_tracked_sources);
   node->lookup_rate_ =
       RateLimiter(limits.lookup_rate_per_source, limits.lookup_burst_per_source, limits.max_tracked_sources);
+  node->lookup_rate_total_ = RateLimiter(limits.lookup_rate_total, limits.lookup_burst_total, 1);
   node->discovery_ = std::make_unique<Discovery>(cache.resolver(), plan->settings.default_port);
   node->commit(std::move(plan).value());
   std::weak_ptr<bool> alive = node->alive_;
@@ -92,10 +94,12 @@ void Node::commit(Plan plan) {
   NodeSettings previous = std::exchange(settings_, std::move(plan.settings));
   tls_ = std::move(plan.tls);
   const NodeLimits& limits = settings_.limits;
-  message_rate_.configure(limits.message_rate, limits.message_burst);
-  connection_rate_.configure(limits.connection_rate_per_source, limits.connection_burst_per_source);
-  lookup_rate_.configure(limits.lookup_rate_per_source, limits.lookup_burst_per_source);
-  presence_.set_max_per_session(limits.max_subscriptions_per_session);
+  message_rate_.configure(limits.message_rate, limits.message_burst, limits.max_tracked_sources);
+  connection_rate_.configure(limits.connection_rate_per_source, limits.connection_burst_per_source,
+                             limits.max_tracked_sources);
+  lookup_rate_.configure(limits.lookup_rate_per_source, limits.lookup_burst_per_source, limits.max_tracked_sources);
+  lookup_rate_total_.configure(limits.lookup_rate_total, limits.lookup_burst_total, 1);
+  presence_.set_limits(limits.max_subscriptions_per_session, limits.max_subscriptions);
   if (discovery_) discovery_->set_default_port(settings_.default_port);
   if (!revalidate_timer_ || previous.revalidate_interval != settings_.revalidate_interval) start_timers();
 
@@ -152,6 +156,7 @@ void Node::housekeeping() {
   message_rate_.prune(now);
   connection_rate_.prune(now);
   lookup_rate_.prune(now);
+  lookup_rate_total_.prune(now);
 }
 
 // ---- listening and admission ------------------------------------------------------
@@ -217,8 +222,7 @@ void Node::serve(std::unique_ptr<Transport> transport) {
   auto session = std::make_unique<PeerSession>(static_cast<SessionHost&>(*this), id, Direction::Inbound);
   PeerSession* raw = session.get();
   sessions_.emplace(id, std::move(session));
-  ++inbound_unauthenticated_;
-  ++unauthenticated_by_source_[transport->source()];
+  count(id, {Account::Kind::Stranger, transport->source(), ""});
   raw->accept(std::move(transport));
 }
 
@@ -253,32 +257,45 @@ bool Node::admit_connection(const std::string& source) {
                                           limits.connection_rate_per_source));
     return false;
   }
-  if (unauthenticated_by_source_[source] >= limits.max_unauthenticated_per_source) {
+  if (auto held = strangers_by_source_.find(source);
+      held != strangers_by_source_.end() && held->second >= limits.max_unauthenticated_per_source) {
     evict_oldest_unauthenticated(source, fmt::format("{} has {} unauthenticated sessions "
                                                      "(max_unauthenticated_per_source)",
                                                      source, limits.max_unauthenticated_per_source));
-  } else if (inbound_unauthenticated_ >= limits.max_inbound_unauthenticated) {
-    auto biggest = std::max_element(unauthenticated_by_source_.begin(), unauthenticated_by_source_.end(),
+  } else if (strangers_ >= limits.max_inbound_unauthenticated) {
+    // A connection that has sent nothing goes first, whoever holds it: an
+    // attacker spread over many addresses cannot cut off handshakes in
+    // progress. Then the oldest of the source holding the most.
+    auto biggest = std::max_element(strangers_by_source_.begin(), strangers_by_source_.end(),
                                     [](const auto& a, const auto& b) { return a.second < b.second; });
     evict_oldest_unauthenticated(biggest->first,
-                                 fmt::format("{} unauthenticated sessions (max_inbound_unauthenticated); {} holds "
-                                             "the most",
-                                             limits.max_inbound_unauthenticated, biggest->first));
+                                 fmt::format("{} unauthenticated sessions (max_inbound_unauthenticated)",
+                                             limits.max_inbound_unauthenticated),
+                                 true);
   }
   return true;
 }
 
-void Node::evict_oldest_unauthenticated(const std::string& source, const std::string& why) {
-  PeerSession* oldest = nullptr;
-  for (const auto& [id, session] : sessions_) {
-    if (session->inbound_unauthenticated() && !session->closing() && session->source() == source &&
-        (oldest == nullptr || session->started_ms() < oldest->started_ms())) {
-      oldest = session.get();
-    }
+void Node::evict_oldest_unauthenticated(const std::string& source, const std::string& why, bool silent_first) {
+  // Among candidates, one that has sent nothing yet goes before one that
+  // has, then the oldest.
+  PeerSession* victim = nullptr;
+  auto better = [](PeerSession* a, PeerSession* b) {
+    if (b == nullptr) return true;
+    bool a_silent = a->bytes_received() == 0, b_silent = b->bytes_received() == 0;
+    if (a_silent != b_silent) return a_silent;
+    return a->started_ms() < b->started_ms();
+  };
+  for (const auto& [id, account] : accounts_) {
+    if (account.kind != Account::Kind::Stranger) continue;
+    PeerSession* session = find(id);
+    if (session == nullptr || session->closing()) continue;
+    bool candidate = account.source == source || (silent_first && session->bytes_received() == 0);
+    if (candidate && better(session, victim)) victim = session;
   }
-  if (oldest == nullptr) return;
+  if (victim == nullptr) return;
   ++stats_.evicted;
-  oldest->close(fmt::format("evicted to admit a newer connection: {}", why), ErrorCode::Timeout);
+  victim->close(fmt::format("evicted to admit a newer connection: {}", why), ErrorCode::Timeout);
 }
 
 // ---- sessions: the SessionHost side ---------------------------------------------
@@ -299,12 +316,18 @@ Result<KeyCache::LookupId> Node::lookup_claimed_keys(const SessionInfo& session,
     ++stats_.refused_lookups;
     return make_error("too many key lookups pending (max_pending_lookups {})", limits.max_pending_lookups);
   }
-  if (!lookup_rate_.take(source, uv_now(loop_))) {
+  std::uint64_t now = uv_now(loop_);
+  if (!lookup_rate_.take(source, now)) {
     ++stats_.refused_lookups;
     return make_error("more than {} key lookups per second from {} (lookup_rate_per_source)",
                       limits.lookup_rate_per_source, source);
   }
-  paid_lookup_.insert(session.id);
+  if (!lookup_rate_total_.take("*", now)) {
+    ++stats_.refused_lookups;
+    return make_error("more than {} key lookups per second from all sources (lookup_rate_total)",
+                      limits.lookup_rate_total);
+  }
+  (void)session;
   auto slot = std::make_shared<KeyCache::LookupId>(0);
   std::weak_ptr<bool> alive = alive_;
   KeyCache::LookupId id =
@@ -315,7 +338,7 @@ Result<KeyCache::LookupId> Node::lookup_claimed_keys(const SessionInfo& session,
       });
   if (id == 0) return id;  // answered meanwhile
   *slot = id;
-  claim_lookups_.emplace(id, source);
+  claim_lookups_.insert(id);
   return id;
 }
 
@@ -328,15 +351,18 @@ PolicyVerdict Node::admit(const SessionInfo& info, AuditEvent event, const Domai
                           std::span<const std::uint8_t> peer_spki) {
   PolicyVerdict verdict = decide(settings_.policy, info.direction, answer, peer_spki);
   const NodeLimits& limits = settings_.limits;
-  if (is_accepted(verdict.decision) && info.direction == Direction::Inbound) {
+  if (proved_key(verdict.decision) && info.direction == Direction::Inbound) {
     // docs/SECURITY.md, "Budgets": authenticated peers have their own budget,
-    // and one peer domain cannot take all of it.
+    // and one peer domain (or one wildcard, or one alias target) cannot take
+    // all of it.
     std::string over;
-    if (inbound_authenticated_ >= limits.max_inbound_authenticated) {
+    std::string principal = key_principal(answer);
+    auto held = peers_by_principal_.find(principal);
+    if (peers_ >= limits.max_inbound_authenticated) {
       over = fmt::format("too many authenticated inbound sessions (max_inbound_authenticated {})",
                          limits.max_inbound_authenticated);
-    } else if (authenticated_by_peer_domain_[info.peer_domain] >= limits.max_sessions_per_peer_domain) {
-      over = fmt::format("{} already has {} sessions (max_sessions_per_peer_domain)", info.peer_domain,
+    } else if (held != peers_by_principal_.end() && held->second >= limits.max_sessions_per_peer_domain) {
+      over = fmt::format("{} already has {} sessions (max_sessions_per_peer_domain)", principal,
                          limits.max_sessions_per_peer_domain);
     }
     if (!over.empty()) verdict = PolicyVerdict{Decision::Refuse, over, verdict.key, verdict.key_checked};
@@ -359,40 +385,68 @@ void Node::write_audit(const SessionInfo& info, AuditEvent event, const PolicyVe
   }
 }
 
+void Node::count(std::uint64_t id, Account account) {
+  switch (account.kind) {
+    case Account::Kind::Stranger:
+      ++strangers_;
+      ++strangers_by_source_[account.source];
+      break;
+    case Account::Kind::Peer:
+      ++peers_;
+      ++peers_by_principal_[account.principal];
+      break;
+    case Account::Kind::Outbound: ++outbound_; break;
+  }
+  accounts_[id] = std::move(account);
+}
+
+void Node::uncount(std::uint64_t id) {
+  auto it = accounts_.find(id);
+  if (it == accounts_.end()) return;
+  const Account& account = it->second;
+  auto drop = [](std::unordered_map<std::string, std::size_t>& counts, const std::string& key) {
+    if (auto c = counts.find(key); c != counts.end() && --c->second == 0) counts.erase(c);
+  };
+  switch (account.kind) {
+    case Account::Kind::Stranger:
+      --strangers_;
+      drop(strangers_by_source_, account.source);
+      break;
+    case Account::Kind::Peer:
+      --peers_;
+      drop(peers_by_principal_, account.principal);
+      break;
+    case Account::Kind::Outbound: --outbound_; break;
+  }
+  accounts_.erase(it);
+}
+
 void Node::established(PeerSession& session) {
   const SessionInfo& info = session.info();
-  if (info.direction != Direction::Inbound) return;
-  --inbound_unauthenticated_;
-  if (--unauthenticated_by_source_[session.source()] == 0) unauthenticated_by_source_.erase(session.source());
-  ++inbound_authenticated_;
-  ++authenticated_by_peer_domain_[info.peer_domain];
-  // Only strangers pay: an accepted peer gets its tokens back.
+  // A session admitted without a proved key (no-keys or insecure peers the
+  // policy accepts) stays a stranger for the budgets, and pays as one.
+  if (info.direction != Direction::Inbound || !proved_key(info.decision) || !session.last_answer()) return;
+  uncount(info.id);
+  count(info.id, {Account::Kind::Peer, session.source(), key_principal(session.last_answer()->answer)});
+  // The connection was legitimate work: its token goes back.
   connection_rate_.refund(session.source());
-  if (paid_lookup_.erase(info.id) > 0) lookup_rate_.refund(session.source());
 }
 
 void Node::closed(PeerSession& session, const std::string& reason) {
   auto it = sessions_.find(session.info().id);
   if (it == sessions_.end()) return;
   const SessionInfo& info = session.info();
-  if (info.direction == Direction::Outbound) {
-    --outbound_;
-  } else if (!info.established) {
-    --inbound_unauthenticated_;
-    if (--unauthenticated_by_source_[session.source()] == 0) unauthenticated_by_source_.erase(session.source());
-  } else {
-    --inbound_authenticated_;
-    if (--authenticated_by_peer_domain_[info.peer_domain] == 0) authenticated_by_peer_domain_.erase(info.peer_domain);
-  }
-  paid_lookup_.erase(info.id);
+  uncount(info.id);
   presence_.drop_session(info.id);
   (void)it->second.release();  // the session frees itself once its transport has closed
   sessions_.erase(it);
   if (handlers_.on_session_closed) handlers_.on_session_closed(info, reason);
 }
 
-bool Node::take_message_token(const std::string& peer_domain) {
-  return message_rate_.take(peer_domain, uv_now(loop_));
+bool Node::take_message_token(const SessionInfo& session) {
+  auto account = accounts_.find(session.id);
+  bool peer = account != accounts_.end() && account->second.kind == Account::Kind::Peer;
+  return message_rate_.take(peer ? account->second.principal : session.peer_domain, uv_now(loop_));
 }
 
 void Node::deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
@@ -484,10 +538,16 @@ void Node::end_stale_sessions() {
   }
 }
 
+void Node::forget_answers() {
+  for (const auto& [id, session] : sessions_) session->forget_target_keys();
+}
+
 void Node::revalidate() {
+  // Every session with a peer domain, decided or not: an outbound handshake
+  // still running gets the fresh answer too (after a reload's flush).
   std::set<std::string> domains;
   for (const auto& [id, session] : sessions_) {
-    if (session->authentication() && !session->closing()) domains.insert(session->info().peer_domain);
+    if (!session->closing() && !session->info().peer_domain.empty()) domains.insert(session->info().peer_domain);
   }
   for (const std::string& domain : domains) cache_.lookup(domain, [](std::shared_ptr<const CachedKeys>) {});
   end_stale_sessions();
@@ -511,7 +571,7 @@ void Node::connect(const std::string& local_domain, const std::string& peer_doma
   auto owned = std::make_unique<PeerSession>(static_cast<SessionHost&>(*this), id, Direction::Outbound);
   PeerSession* session = owned.get();
   sessions_.emplace(id, std::move(owned));
-  ++outbound_;
+  count(id, {Account::Kind::Outbound, "", ""});
   session->await_keys(local_domain, *peer, std::move(callback));
   // The target's keys first: the server found must hold one of them.
   std::weak_ptr<bool> alive = alive_;
@@ -543,11 +603,25 @@ void Node::connect_domain(const std::string& local_domain, const std::string& pe
   Result<std::string> peer = normalize_domain(peer_domain);
   if (!peer) return callback(peer.error());
   std::weak_ptr<bool> alive = alive_;
-  discovery_->discover(*peer, [alive, this, local_domain, peer = *peer, callback](Result<DiscoveredServers> found) {
+  // docs/POLICY.md §1: where the answer alone decides, no server is looked
+  // for or tried (a domain's DNS must not make the node walk its addresses).
+  cache_.lookup(*peer, [alive, this, local_domain, peer = *peer, callback](std::shared_ptr<const CachedKeys> entry) {
     if (alive.expired()) return;
-    if (!found) return callback(make_error("discovery: {}", found.error().message));
-    auto servers = std::make_shared<const std::vector<ServerAddress>>(found->servers);
-    try_servers(local_domain, peer, servers, 0, "", callback);
+    PolicyVerdict early = decide(settings_.policy, Direction::Outbound, entry->answer, {});
+    if (!early.key_checked && !is_accepted(early.decision)) {
+      SessionInfo info;
+      info.direction = Direction::Outbound;
+      info.local_domain = local_domain;
+      info.peer_domain = peer;
+      write_audit(info, AuditEvent::Connect, early, entry->answer.outcome);
+      return callback(make_error("{} {}: {}", to_string(early.decision), peer, early.reason));
+    }
+    discovery_->discover(peer, [alive, this, local_domain, peer, callback](Result<DiscoveredServers> found) {
+      if (alive.expired()) return;
+      if (!found) return callback(make_error("discovery: {}", found.error().message));
+      auto servers = std::make_shared<const std::vector<ServerAddress>>(found->servers);
+      try_servers(local_domain, peer, servers, 0, "", callback);
+    });
   });
 }
 
@@ -559,11 +633,12 @@ void Node::try_servers(const std::string& local_domain, const std::string& peer_
   }
   const ServerAddress& server = (*servers)[next];
   std::weak_ptr<bool> alive = alive_;
+  // At most kMaxServers tries, one after the other.
   connect(local_domain, peer_domain, server.address, server.port,
           [=, this](Result<SessionInfo> result) mutable {
             if (result || alive.expired()) return callback(std::move(result));
             failures += fmt::format("{}{} ({}:{}): {}", failures.empty() ? "" : "; ", server.host, server.address,
-                                    server.port, result.error().message);
+                                    server.port, result.error().message.substr(0, 200));
             try_servers(local_domain, peer_domain, servers, next + 1, std::move(failures), std::move(callback));
           });
 }

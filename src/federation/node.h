@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <uv.h>
@@ -133,6 +134,11 @@ class Node final : private SessionHost {
   std::optional<SessionInfo> session(std::uint64_t id) const;
   const NodeStats& stats() const { return stats_; }
 
+  /// The key cache was flushed (a reload): outbound sessions whose handshake
+  /// has not decided yet decide on a fresh answer, not the one they hold.
+  /// revalidate() then fetches the fresh answers.
+  void forget_answers();
+
   /// Looks up the keys of every live peer domain now, so that a changed key
   /// set closes the sessions it no longer covers, and ends sessions whose
   /// keys could not be confirmed for max_key_staleness (docs/POLICY.md §4).
@@ -169,7 +175,7 @@ class Node final : private SessionHost {
                       std::span<const std::uint8_t> peer_spki) override;
   void audit(const SessionInfo& session, AuditEvent event, const PolicyVerdict& verdict) override;
   void established(PeerSession& session) override;
-  bool take_message_token(const std::string& peer_domain) override;
+  bool take_message_token(const SessionInfo& session) override;
   void deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
                DeliveryReply reply) override;
   std::optional<NackPayload> presence_request(const SessionInfo& session, FrameType type,
@@ -185,7 +191,9 @@ class Node final : private SessionHost {
   /// docs/SECURITY.md, "Budgets": an inbound connection is refused, or an
   /// older unauthenticated one is cut off to make room. False: refused.
   bool admit_connection(const std::string& source);
-  void evict_oldest_unauthenticated(const std::string& source, const std::string& why);
+  /// Cuts off an unauthenticated session of `source` (with `silent_first`,
+  /// of any source when it has sent nothing yet).
+  void evict_oldest_unauthenticated(const std::string& source, const std::string& why, bool silent_first = false);
   void refuse_connection(const std::string& source, const std::string& why);
   void on_answer(const std::string& domain, const std::shared_ptr<const CachedKeys>& entry);
   /// POLICY.md §4 for one session against one answer; closes it if need be.
@@ -212,17 +220,29 @@ class Node final : private SessionHost {
   std::map<std::uint64_t, std::unique_ptr<PeerSession>> sessions_;
   NodeStats stats_;
 
-  // docs/SECURITY.md, "Budgets".
-  std::size_t inbound_unauthenticated_ = 0;
-  std::size_t inbound_authenticated_ = 0;
+  // docs/SECURITY.md, "Budgets": who each session counts against.
+  struct Account {
+    enum class Kind {
+      Stranger,  ///< inbound, no key proved (yet): the unauthenticated budgets
+      Peer,      ///< inbound, a key proved: the authenticated budgets
+      Outbound,
+    } kind;
+    std::string source;     ///< strangers: the source address that pays
+    std::string principal;  ///< peers: key_principal() of their answer
+  };
+  void count(std::uint64_t id, Account account);
+  void uncount(std::uint64_t id);
+  std::unordered_map<std::uint64_t, Account> accounts_;
+  std::size_t strangers_ = 0;
+  std::size_t peers_ = 0;
   std::size_t outbound_ = 0;
-  std::unordered_map<std::string, std::size_t> unauthenticated_by_source_;
-  std::unordered_map<std::string, std::size_t> authenticated_by_peer_domain_;
-  std::unordered_map<KeyCache::LookupId, std::string> claim_lookups_;  // pending, with their source
-  std::set<std::uint64_t> paid_lookup_;  // sessions whose claim cost a lookup token
+  std::unordered_map<std::string, std::size_t> strangers_by_source_;
+  std::unordered_map<std::string, std::size_t> peers_by_principal_;
+  std::unordered_set<KeyCache::LookupId> claim_lookups_;  // pending
   RateLimiter message_rate_;
   RateLimiter connection_rate_;
   RateLimiter lookup_rate_;
+  RateLimiter lookup_rate_total_;
   PresenceBook presence_;
   std::uint64_t refusals_logged_ms_ = 0;
   std::uint64_t refusals_unlogged_ = 0;

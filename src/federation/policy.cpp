@@ -93,6 +93,19 @@ bool is_accepted(Decision decision) {
          decision == Decision::Unauthenticated;
 }
 
+bool proved_key(Decision decision) {
+  return decision == Decision::Authenticated || decision == Decision::WeaklyAuthenticated;
+}
+
+std::string key_principal(const DomainKeys& answer) {
+  if (!answer.signer.empty()) return answer.signer;
+  if (!answer.aliases.empty()) return std::string(alias_domain(answer.aliases.back()));
+  if (answer.wildcard && !answer.wildcard_parent.empty()) {
+    return "*." + std::string(alias_domain(answer.wildcard_parent));
+  }
+  return answer.domain;
+}
+
 bool admits_unauthenticated(const PolicyConfig& config) {
   return config.allow_unauthenticated || config.insecure == InsecurePolicy::Unauthenticated;
 }

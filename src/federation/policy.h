@@ -86,6 +86,16 @@ struct PolicyVerdict {
 PolicyVerdict decide(const PolicyConfig& config, Direction direction, const DomainKeys& answer,
                      std::span<const std::uint8_t> peer_spki);
 
+/// Who published an answer's keys, for budgets (docs/SECURITY.md,
+/// "Budgets"): the zone that signed the KEY RRset (so every name of one zone,
+/// whether a wildcard, an alias into it or explicit records, counts as one),
+/// else the alias target or the wildcard, else the domain itself. One key
+/// holder cannot multiply its sessions by claiming many names.
+std::string key_principal(const DomainKeys& answer);
+
+/// True for decisions where the peer proved it holds a key of the domain.
+bool proved_key(Decision decision);
+
 /// What a session was admitted on: enough to judge it again against any
 /// later answer, whatever the key cache remembers in between (POLICY.md §4).
 struct SessionAuthentication {

@@ -5,12 +5,17 @@ namespace keyfed {
 Status PresenceBook::subscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity) {
   auto& held = by_session_[session];
   if (held.contains({watcher, presentity})) return ok_status();
-  if (held.size() >= max_per_session_) {
+  if (held.size() >= max_per_session_ || total_ >= max_total_) {
+    bool session_full = held.size() >= max_per_session_;
     if (held.empty()) by_session_.erase(session);
-    return make_error("the session already holds {} subscriptions (max_subscriptions_per_session)",
-                      max_per_session_);
+    if (session_full) {
+      return make_error("the session already holds {} subscriptions (max_subscriptions_per_session)",
+                        max_per_session_);
+    }
+    return make_error("the node holds {} subscriptions (max_subscriptions)", max_total_);
   }
   held.emplace(watcher, presentity);
+  ++total_;
   ++watching_[presentity][session];
   return ok_status();
 }
@@ -18,6 +23,7 @@ Status PresenceBook::subscribe(std::uint64_t session, const std::string& watcher
 void PresenceBook::unsubscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity) {
   auto held = by_session_.find(session);
   if (held == by_session_.end() || held->second.erase({watcher, presentity}) == 0) return;
+  --total_;
   if (held->second.empty()) by_session_.erase(held);
   auto sessions = watching_.find(presentity);
   if (sessions == watching_.end()) return;
@@ -29,6 +35,7 @@ void PresenceBook::unsubscribe(std::uint64_t session, const std::string& watcher
 void PresenceBook::drop_session(std::uint64_t session) {
   auto held = by_session_.find(session);
   if (held == by_session_.end()) return;
+  total_ -= held->second.size();
   for (const auto& [watcher, presentity] : held->second) {
     auto sessions = watching_.find(presentity);
     if (sessions == watching_.end()) continue;

@@ -19,9 +19,11 @@ namespace keyfed {
 
 class PresenceBook {
  public:
-  explicit PresenceBook(std::size_t max_subscriptions_per_session) : max_per_session_(max_subscriptions_per_session) {}
+  PresenceBook(std::size_t max_per_session, std::size_t max_total)
+      : max_per_session_(max_per_session), max_total_(max_total) {}
 
-  /// Adds a subscription; an error when the session already holds the maximum.
+  /// Adds a subscription; an error when the session, or the book, already
+  /// holds its maximum.
   /// Subscribing twice is not an error and counts once.
   Status subscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity);
   void unsubscribe(std::uint64_t session, const std::string& watcher, const std::string& presentity);
@@ -34,10 +36,16 @@ class PresenceBook {
   const std::string& document(const std::string& presentity) const;
 
   std::size_t subscriptions_of(std::uint64_t session) const;
-  void set_max_per_session(std::size_t max) { max_per_session_ = max; }
+  std::size_t subscriptions() const { return total_; }
+  void set_limits(std::size_t max_per_session, std::size_t max_total) {
+    max_per_session_ = max_per_session;
+    max_total_ = max_total;
+  }
 
  private:
   std::size_t max_per_session_;
+  std::size_t max_total_;
+  std::size_t total_ = 0;
   std::map<std::string, std::string> documents_;
   // presentity -> session -> number of watchers on that session
   std::unordered_map<std::string, std::map<std::uint64_t, std::size_t>> watching_;

@@ -36,9 +36,10 @@ void RateLimiter::prune(std::uint64_t now_ms) {
   std::erase_if(buckets_, [&](const auto& item) { return refilled(item.second, now_ms) >= burst_; });
 }
 
-void RateLimiter::configure(double rate, double burst) {
+void RateLimiter::configure(double rate, double burst, std::size_t max_keys) {
   rate_ = rate;
   burst_ = burst;
+  max_keys_ = max_keys;
   for (auto& [key, bucket] : buckets_) bucket.tokens = std::min(bucket.tokens, burst_);
 }
 

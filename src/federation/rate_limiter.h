@@ -23,8 +23,8 @@ class RateLimiter {
   void refund(const std::string& key);
   /// Forgets buckets that have refilled: they hold nothing a new one wouldn't.
   void prune(std::uint64_t now_ms);
-  /// New rate and burst for every bucket; existing levels are capped to the burst.
-  void configure(double rate, double burst);
+  /// New rate, burst and bound; existing levels are capped to the burst.
+  void configure(double rate, double burst, std::size_t max_keys);
 
   std::size_t size() const { return buckets_.size(); }
   double rate() const { return rate_; }

@@ -9,6 +9,10 @@
 namespace keyfed {
 namespace {
 
+// Lines a peer's frames may cause per session and second (NACKs, dropped
+// NOTIFYs, UNSUPPORTED): enough to debug a peer, not enough to flood the log.
+constexpr unsigned kPeerLogLinesPerSecond = 10;
+
 bool peer_sent_no_certificate(const SslIo& io) {
   return ERR_GET_LIB(io.code) == ERR_LIB_SSL && ERR_GET_REASON(io.code) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE;
 }
@@ -75,9 +79,17 @@ void PeerSession::connect(std::unique_ptr<Transport> transport, std::shared_ptr<
 }
 
 void PeerSession::update_target_keys(std::shared_ptr<const CachedKeys> target_keys) {
-  if (info_.direction == Direction::Outbound && !authentication_ && state_ != State::Closing) {
-    target_keys_ = std::move(target_keys);
+  if (info_.direction != Direction::Outbound || authentication_ || closing()) return;
+  target_keys_ = std::move(target_keys);
+  if (awaiting_fresh_keys_) {
+    awaiting_fresh_keys_ = false;
+    decide_outbound();
   }
+}
+
+void PeerSession::forget_target_keys() {
+  if (info_.direction != Direction::Outbound || authentication_ || closing() || state_ == State::AwaitKeys) return;
+  target_keys_ = nullptr;
 }
 
 void PeerSession::on_transport_connected(Status status) {
@@ -120,6 +132,7 @@ void PeerSession::start_tls(bool server) {
 void PeerSession::on_transport_bytes(std::span<const std::uint8_t> bytes) {
   if (closing() || !ssl_) return;
   last_received_ms_ = uv_now(host_.loop());
+  bytes_received_ += bytes.size();
   BIO_write(network_in_, bytes.data(), static_cast<int>(bytes.size()));
   drive();
 }
@@ -141,6 +154,16 @@ void PeerSession::drive() {
     if (closing()) return;
   }
   std::uint8_t plain[16 * 1024];
+  batching_ = true;
+  struct EndBatch {
+    PeerSession* self;
+    ~EndBatch() {
+      self->batching_ = false;
+      if (self->batch_.empty() || self->closing()) return;
+      std::vector<std::uint8_t> batch = std::exchange(self->batch_, {});
+      self->send_plain(batch);
+    }
+  } end_batch{this};
   while (!closing()) {
     SslIo io = ssl_io(ssl_.get(), [&] { return SSL_read(ssl_.get(), plain, sizeof plain); });
     if (io.result <= 0) {
@@ -197,6 +220,16 @@ void PeerSession::on_handshake_done() {
     state_ = State::AwaitClaim;
     return;
   }
+  if (!target_keys_) {
+    // A reload flushed the answer this connection was started on: decide on
+    // a fresh one (it is being looked up), within the handshake timeout.
+    awaiting_fresh_keys_ = true;
+    return;
+  }
+  decide_outbound();
+}
+
+void PeerSession::decide_outbound() {
   // docs/POLICY.md §1, outbound: the responder must hold one of the target's keys.
   PolicyVerdict verdict = host_.admit(info_, AuditEvent::Connect, target_keys_->answer, peer_spki_);
   if (!is_accepted(verdict.decision)) {
@@ -259,8 +292,10 @@ void PeerSession::on_frame(const Frame& frame) {
     case FrameType::Pong: return;
     case FrameType::Unsupported: {
       auto t = parse_unsupported(frame.payload);
-      log_at(LogLevel::Info, "session {} ({}): peer does not support {}", info_.id, info_.peer_domain,
-             t ? frame_type_name(*t) : "a frame");
+      if (may_log()) {
+        log_at(LogLevel::Info, "session {} ({}): peer does not support {}", info_.id, info_.peer_domain,
+               t ? frame_type_name(*t) : "a frame");
+      }
       return;
     }
     case FrameType::Claim:
@@ -336,10 +371,10 @@ void PeerSession::on_message(const Frame& frame) {
   if (!message) return close(message.error().message, ErrorCode::ProtocolViolation);
   std::uint32_t id = message->id;
   auto nack = [&](NackCode code, std::string text) {
-    log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", info_.id, info_.peer_domain, id, text);
+    if (may_log()) log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", info_.id, info_.peer_domain, id, text);
     send_frame(encode_nack({id, code, std::move(text)}));
   };
-  if (!host_.take_message_token(info_.peer_domain)) {
+  if (!host_.take_message_token(info_)) {
     return nack(NackCode::RateLimited, fmt::format("more than {} messages per second", host_.limits().message_rate));
   }
   // docs/PROTOCOL.md §5.1: the whole header block, strictly; consumers get
@@ -359,8 +394,10 @@ void PeerSession::on_message(const Frame& frame) {
                   PeerSession* session = *alive;
                   if (!refusal) return session->send_frame(encode_ack(id));
                   refusal->id = id;
-                  log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", session->info_.id,
-                         session->info_.peer_domain, id, refusal->text);
+                  if (session->may_log()) {
+                    log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", session->info_.id,
+                           session->info_.peer_domain, id, refusal->text);
+                  }
                   session->send_frame(encode_nack(*refusal));
                 });
 }
@@ -404,8 +441,10 @@ void PeerSession::on_notify(const Frame& frame) {
   if (!notify) return close(notify.error().message, ErrorCode::ProtocolViolation);
   auto presentity = parse_user_uri(notify->presentity, UriScheme::Pres);
   if (!presentity || presentity->domain != info_.peer_domain) {
-    log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not a presentity of the peer domain", info_.id,
-           info_.peer_domain, untrusted(notify->presentity));
+    if (may_log()) {
+      log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not a presentity of the peer domain",
+             info_.id, info_.peer_domain, untrusted(notify->presentity));
+    }
     return;
   }
   host_.notify_received(info_, *notify);
@@ -421,7 +460,15 @@ void PeerSession::send_message(std::vector<std::uint8_t> cpim, SendCallback call
 
 void PeerSession::send_frame(const std::vector<std::uint8_t>& frame) {
   if (closing() || !ssl_ || !SSL_is_init_finished(ssl_.get())) return;
-  write_tls(frame);
+  if (batching_) {
+    batch_.insert(batch_.end(), frame.begin(), frame.end());
+    return;
+  }
+  send_plain(frame);
+}
+
+void PeerSession::send_plain(const std::vector<std::uint8_t>& plain) {
+  write_tls(plain);
   if (closing()) return;
   std::uint64_t now = uv_now(host_.loop());
   const NodeLimits& limits = host_.limits();
@@ -548,6 +595,25 @@ void PeerSession::on_timer() {
   arm_timer();
 }
 
+bool PeerSession::may_log() {
+  std::uint64_t now = uv_now(host_.loop());
+  if (now - log_window_ms_ >= 1000) {
+    if (not_logged_ > 0) {
+      log_at(LogLevel::Info, "session {} ({}): {} more lines about this peer's frames were not logged", info_.id,
+             info_.peer_domain, not_logged_);
+    }
+    log_window_ms_ = now;
+    logged_in_window_ = 0;
+    not_logged_ = 0;
+  }
+  if (logged_in_window_ < kPeerLogLinesPerSecond) {
+    ++logged_in_window_;
+    return true;
+  }
+  ++not_logged_;
+  return false;
+}
+
 // ---- closing ----------------------------------------------------------------
 
 void PeerSession::fail_connect(const std::string& reason) {
@@ -560,7 +626,8 @@ void PeerSession::fail_connect(const std::string& reason) {
 void PeerSession::close(const std::string& reason, std::optional<ErrorCode> code) {
   if (closing()) return;
   bool tls_up = ssl_ && SSL_is_init_finished(ssl_.get());
-  if (code && tls_up) write_tls(encode_error({*code, reason}));
+  if (tls_up && !batch_.empty()) write_tls(std::exchange(batch_, {}));  // answers due before the ERROR
+  if (code && tls_up && !closing()) write_tls(encode_error({*code, reason}));
   if (closing()) return;  // the write itself failed and closed
   state_ = State::Closing;
   *self_ = nullptr;

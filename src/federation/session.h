@@ -61,6 +61,9 @@ class PeerSession final : private TransportUser {
   void connect(std::unique_ptr<Transport> transport, std::shared_ptr<const CachedKeys> target_keys);
   /// Outbound, before the handshake decided: a newer answer for the target.
   void update_target_keys(std::shared_ptr<const CachedKeys> target_keys);
+  /// Outbound, before the handshake decided: the answer held may no longer
+  /// stand (a reload flushed the cache); the decision waits for a fresh one.
+  void forget_target_keys();
   /// Outbound: refused before connecting; reports `reason` to the caller.
   void fail_connect(const std::string& reason);
 
@@ -80,6 +83,8 @@ class PeerSession final : private TransportUser {
   const std::string& source() const { return source_; }
   /// When the session started (loop time, ms).
   std::uint64_t started_ms() const { return started_ms_; }
+  /// Bytes received from the peer so far.
+  std::uint64_t bytes_received() const { return bytes_received_; }
   /// Inbound and not authenticated yet: counted in the unauthenticated budgets.
   bool inbound_unauthenticated() const { return info_.direction == Direction::Inbound && !info_.established; }
 
@@ -104,6 +109,7 @@ class PeerSession final : private TransportUser {
   void drive();  // feeds TLS with what arrived and acts on the result
   void on_handshake_failed(const SslIo& io);
   void on_handshake_done();
+  void decide_outbound();
   void on_frame(const Frame& frame);
   void on_claim(const Frame& frame);
   void on_claim_keys(const std::shared_ptr<const CachedKeys>& entry);
@@ -113,11 +119,17 @@ class PeerSession final : private TransportUser {
   void on_notify(const Frame& frame);
   void established();
   void admitted(const PolicyVerdict& verdict, const std::shared_ptr<const CachedKeys>& entry);
+  /// Encrypts `plain` (one or more frames) and hands the records to the
+  /// transport, re-keying when due.
+  void send_plain(const std::vector<std::uint8_t>& plain);
   void write_tls(const std::vector<std::uint8_t>& frame);
   void flush();
   void check_send_queue();
   void arm_timer();
   void on_timer();
+  /// True while this session may still log a line caused by its peer's
+  /// frames this second (docs/SECURITY.md, "Logs"); the rest are counted.
+  bool may_log();
 
   SessionHost& host_;
   SessionInfo info_;
@@ -134,6 +146,7 @@ class PeerSession final : private TransportUser {
   FrameReader reader_{kMaxFrameBeforeClaim};
   std::vector<std::uint8_t> peer_spki_;
   std::shared_ptr<const CachedKeys> target_keys_;  // outbound: the target's latest answer
+  bool awaiting_fresh_keys_ = false;  // outbound: TLS is done, the answer to decide on is not
   KeyCache::LookupId lookup_ = 0;
   std::optional<SessionAuthentication> authentication_;
   TimePoint confirmed_until_{};
@@ -143,10 +156,19 @@ class PeerSession final : private TransportUser {
   std::uint32_t next_message_id_ = 1;
   std::uint64_t phase_started_ms_ = 0;  // connect or handshake start, for their timeouts
   std::uint64_t last_received_ms_ = 0;
+  std::uint64_t bytes_received_ = 0;
   std::uint64_t last_sent_ms_ = 0;
   std::uint64_t bytes_since_rekey_ = 0;
   std::uint64_t last_rekey_ms_ = 0;
   std::uint64_t stalled_since_ms_ = 0;  // reading paused: the peer does not take what we send
+  // While drive() handles what one read brought, the frames it answers with
+  // are collected and sent as one TLS write and one socket write: what a
+  // peer's small frames cost us stays close to what they weigh.
+  bool batching_ = false;
+  std::vector<std::uint8_t> batch_;
+  std::uint64_t log_window_ms_ = 0;
+  unsigned logged_in_window_ = 0;
+  std::uint64_t not_logged_ = 0;
   /// Points at this session until it closes: replies that come later (a
   /// delivery's ACK) check it before touching the session.
   std::shared_ptr<PeerSession*> self_;

@@ -70,8 +70,9 @@ class SessionHost {
 
   /// The session is established (after admit()).
   virtual void established(PeerSession& session) = 0;
-  /// One token of the peer domain's message rate.
-  virtual bool take_message_token(const std::string& peer_domain) = 0;
+  /// One token of the message rate of the session's peer (its domain, or the
+  /// zone that published its keys: key_principal()).
+  virtual bool take_message_token(const SessionInfo& session) = 0;
   /// A MESSAGE that passed sender binding (docs/PROTOCOL.md §5); `reply`
   /// sends the ACK or NACK, now or later.
   virtual void deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
