@@ -88,7 +88,7 @@ trap cleanup EXIT
 config=$scratch/node-alpha.toml
 {
   sed -n '/^\[resolver\]/,$p' "$testbed/keyfed.toml" |
-    sed -E "s#\"([a-z][a-z.-]*\.(ds|signed|zone))\"#\"$testbed/\1\"#"
+    sed -E "s#\"([a-z0-9][a-z0-9.-]*\.(ds|signed|zone))\"#\"$testbed/\1\"#"
   printf '\n[node]\nlisten = "127.0.0.1"\nport = 0\n\n[[domains]]\nname = "alpha.test"\nkeys = ["%s"]\n' \
     "$keys/alpha-1.pem"
 } > "$config"
