@@ -535,7 +535,10 @@ TEST_CASE("limits: long sessions also re-key after rekey_interval", "[federation
                [](NodeSettings& s) { s.limits.rekey_interval = std::chrono::seconds(1); });
   auto session = beta.connect_to(alpha, "alpha.test");
   REQUIRE(session.ok());
-  CHECK(beta.node->session(session->id)->key_updates == 0);
+  // Under load (sanitizers, a busy machine) the handshake itself may outlast
+  // the interval and the session re-key once already: count from here.
+  std::uint64_t before = beta.node->session(session->id)->key_updates;
+  CHECK(before <= 1);
   uv_timer_t wait;
   bool waited = false;
   uv_timer_init(loop.get(), &wait);
@@ -544,6 +547,6 @@ TEST_CASE("limits: long sessions also re-key after rekey_interval", "[federation
   loop.run_until([&] { return waited; });
   uv_close(reinterpret_cast<uv_handle_t*>(&wait), nullptr);
   REQUIRE(beta.send(session->id, cpim_message("im:bob@beta.test", "im:alice@alpha.test", "later")).ok());
-  CHECK(beta.node->session(session->id)->key_updates == 1);
+  CHECK(beta.node->session(session->id)->key_updates == before + 1);
   CHECK(alpha.delivered.size() == 1);
 }

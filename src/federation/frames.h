@@ -80,6 +80,8 @@ class FrameReader {
   /// The next complete frame, nullopt if more bytes are needed, or an error.
   Result<std::optional<Frame>> next();
   std::size_t buffered() const { return buffer_.size() - consumed_; }
+  /// Bytes of memory the reader holds for its buffer (docs/SECURITY.md, "Budgets").
+  std::size_t capacity() const { return buffer_.capacity(); }
   /// A new limit for frames whose header has not been read yet.
   void set_max_frame_size(std::size_t max_frame_size) { max_frame_size_ = max_frame_size; }
 
