@@ -91,4 +91,10 @@ std::shared_ptr<const CachedKeys> lookup_now(TestLoop& loop, KeyCache& cache, co
   return entry;
 }
 
+std::filesystem::path scratch_path(const std::string& name) {
+  static TempDir dir;
+  static int counter = 0;
+  return dir.path() / (std::to_string(++counter) + "-" + name);
+}
+
 }  // namespace keyfed::test

@@ -37,6 +37,10 @@ class TempDir {
 
 /// Owns a libuv loop; the destructor checks (REQUIREs) that every handle was
 /// closed, i.e. uv_loop_close() succeeds.
+/// A fresh path (nothing there yet) in a directory that lives as long as the
+/// test process: for the store and control socket of in-process daemons.
+std::filesystem::path scratch_path(const std::string& name);
+
 class TestLoop {
  public:
   TestLoop();

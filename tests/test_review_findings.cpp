@@ -663,6 +663,8 @@ NodeConfig daemon_config(const std::filesystem::path& key, const std::string& do
   config.listen_port = 0;
   config.federation.domains = {{domain, {key}}};
   config.federation.revalidate_interval = std::chrono::milliseconds(0);
+  config.store.path = scratch_path("keyfed.db");
+  config.control.socket = scratch_path("keyfed.sock");
   config.federation.limits.handshake_timeout = std::chrono::milliseconds(5000);
   return config;
 }

@@ -92,7 +92,7 @@ TEST_CASE("keyfed send delivers one message, and reports refusals with distinct 
   std::string foreign = message("foreign.cpim", cpim_message("im:carol@gamma.test", "im:alice@alpha.test", "hi"));
 
   auto send = [&](const std::filesystem::path& config, const std::string& file) {
-    std::vector<std::string> args = {"keyfed", "send", "--config", config.string(), "--address", "127.0.0.1",
+    std::vector<std::string> args = {"keyfed", "send", "--direct", "--config", config.string(), "--address", "127.0.0.1",
                                      "--port", port, "--json", file};
     std::vector<const char*> argv;
     for (auto& a : args) argv.push_back(a.c_str());

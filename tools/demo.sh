@@ -31,7 +31,7 @@ alpha=$!
 trap 'kill $alpha 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "listening on" "$work/alpha.log" && break; sleep 0.1; done
 printf 'From: Bob <im:bob@beta.test>\r\nTo: Alice <im:alice@alpha.test>\r\nDateTime: 2026-11-23T09:00:00Z\r\n\r\nContent-Type: text/plain\r\n\r\nHello from beta.test\r\n' > "$work/hello.cpim"
-"$keyfed" send --config "$tb/node-beta.toml" "$work/hello.cpim"
+"$keyfed" send --direct --config "$tb/node-beta.toml" "$work/hello.cpim"
 
 step "3. an impostor claims beta.test with a key beta.test does not publish"
 umask 077
@@ -40,7 +40,7 @@ openssl genpkey -algorithm ed25519 -out "$work/impostor.pem" 2>/dev/null
 # hold), but with the impostor's key.
 sed "s|fedkeys/beta-new.pem|$work/impostor.pem|" "$tb/node-beta.toml" > "$tb/demo-impostor.toml"
 set +e
-"$keyfed" send --config "$tb/demo-impostor.toml" "$work/hello.cpim"
+"$keyfed" send --direct --config "$tb/demo-impostor.toml" "$work/hello.cpim"
 status=$?
 set -e
 echo "exit status $status (8: no session)"

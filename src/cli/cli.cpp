@@ -6,6 +6,7 @@
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
 #include "cli/send_command.h"
+#include "cli/user_commands.h"
 
 namespace keyfed {
 
@@ -20,6 +21,10 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App* run = add_run_command(app, run_options);
   SendOptions send_options;
   CLI::App* send = add_send_command(app, send_options);
+  UserCommandOptions inbox_options, queue_options, peers_options;
+  CLI::App* inbox = add_inbox_command(app, inbox_options);
+  CLI::App* queue = add_queue_command(app, queue_options);
+  CLI::App* peers = add_peers_command(app, peers_options);
   KeygenOptions keygen_options;
   CLI::App* keygen = add_keygen_command(app, keygen_options);
 
@@ -43,6 +48,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   if (lookup->parsed()) return static_cast<int>(run_lookup(lookup_options, out, err));
   if (run->parsed()) return static_cast<int>(run_node(run_options, err));
   if (send->parsed()) return static_cast<int>(run_send(send_options, out, err));
+  if (inbox->parsed()) return static_cast<int>(run_inbox(inbox_options, out, err));
+  if (queue->parsed()) return static_cast<int>(run_queue(queue_options, out, err));
+  if (peers->parsed()) return static_cast<int>(run_peers(peers_options, out, err));
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }

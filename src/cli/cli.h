@@ -16,8 +16,9 @@ enum class ExitStatus : int {
   Insecure = 4,       ///< at least one domain: insecure
   Unusable = 5,       ///< at least one domain: unusable
   Bogus = 6,          ///< at least one domain: bogus
-  Refused = 7,        ///< send: the receiver NACKed the message
-  NoSession = 8,      ///< send: discovery, connection or authentication failed
+  Refused = 7,        ///< send --direct: the receiver NACKed the message
+  NoSession = 8,      ///< send --direct: discovery, connection or authentication failed
+  NotRunning = 9,     ///< commands for a running node: no node answers on its control socket
 };
 
 /// Runs `keyfed ARGS...`; returns the process exit status.

@@ -13,18 +13,23 @@
 #include "dnskey/resolver.h"
 #include "federation/cpim.h"
 #include "federation/node.h"
+#include "cli/user_commands.h"
 
 namespace keyfed {
 
 CLI::App* add_send_command(CLI::App& app, SendOptions& options) {
   CLI::App* cmd = app.add_subcommand(
-      "send", "Send one message/cpim file to the domain of its To header, as the domain of its From header");
-  cmd->add_option("message", options.message_file, "File holding the message/cpim (RFC 3862) bytes")->required();
-  cmd->add_option("--config", options.config, "Node configuration file: keys of the sending domain")->required();
-  cmd->add_option("--address", options.address, "Server address (default: [[peers]] entry, else discovery)");
-  cmd->add_option("--port", options.port, "Server port (with --address; default 5269)")->check(CLI::Range(1, 65535));
+      "send", "Submit message/cpim files to the running node, as their From user (a local user)");
+  cmd->add_option("message", options.message_files, "Files holding message/cpim (RFC 3862) bytes")->required();
+  cmd->add_option("--config", options.config, "The node's configuration file")->required();
+  cmd->add_flag("--direct", options.direct,
+                "Do not use the running node: open one session of its own as the From domain and send one message");
+  cmd->add_option("--address", options.address, "With --direct: server address (default: [[peers]] entry, else discovery)");
+  cmd->add_option("--port", options.port, "With --direct: server port (default 5269)")->check(CLI::Range(1, 65535));
   cmd->add_flag("--json", options.json, "Print the result as JSON");
-  cmd->footer("Exit status: 0 delivered (ACK); 2 bad input; 7 refused by the receiver (NACK);\n"
+  cmd->footer("Exit status: 0 every message committed by the node (its id printed); 2 bad input (a file, the\n"
+              "message, a From that is not a local user, an unknown local recipient); 9 the node is not running;\n"
+              "1 the node's store failed. With --direct: 0 delivered (ACK); 7 refused by the receiver (NACK);\n"
               "8 no session (discovery, connection or authentication failed).");
   return cmd;
 }
@@ -34,13 +39,19 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
     err << "keyfed: error: " << message << "\n";
     return status;
   };
+  if (!options.direct) {
+    if (!options.address.empty() || options.port != 0) return fail(ExitStatus::BadInput, "--address and --port need --direct");
+    return submit_messages(options.config, options.message_files, options.json, out, err);
+  }
+  if (options.message_files.size() != 1) return fail(ExitStatus::BadInput, "--direct sends one message");
+  const std::string& message_file = options.message_files.front();
   Result<NodeConfig> config = load_node_config(options.config);
   if (!config) return fail(ExitStatus::BadInput, config.error().message);
-  std::ifstream file(options.message_file, std::ios::binary);
-  if (!file) return fail(ExitStatus::BadInput, options.message_file + ": cannot read the message");
+  std::ifstream file(message_file, std::ios::binary);
+  if (!file) return fail(ExitStatus::BadInput, message_file + ": cannot read the message");
   std::vector<std::uint8_t> cpim{std::istreambuf_iterator<char>(file), {}};
   Result<CpimMessage> routing = parse_cpim(cpim);
-  if (!routing) return fail(ExitStatus::BadInput, options.message_file + ": " + routing.error().message);
+  if (!routing) return fail(ExitStatus::BadInput, message_file + ": " + routing.error().message);
   const std::string& from = routing->from.domain;
   const std::string& to = routing->to.front().domain;
   bool hosted = false;

@@ -4,6 +4,7 @@
 
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -13,7 +14,8 @@ namespace keyfed {
 
 struct SendOptions {
   std::string config;
-  std::string message_file;
+  std::vector<std::string> message_files;
+  bool direct = false;  ///< one session of its own instead of the running node
   std::string address;  ///< empty: [[peers]] entry, else discovery
   int port = 0;
   bool json = false;

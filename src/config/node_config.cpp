@@ -1,5 +1,6 @@
 #include "config/node_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -11,6 +12,7 @@
 #include <toml++/toml.h>
 
 #include "dnskey/domain_name.h"
+#include "federation/cpim.h"
 
 namespace keyfed {
 namespace {
@@ -220,7 +222,7 @@ Status read_domains(const Reader& r, const toml::array& array, NodeConfig& out) 
   for (const toml::node& item : array) {
     const toml::table* table = item.as_table();
     if (table == nullptr) return r.at(item, "[[domains]] entries must be tables");
-    if (Status s = r.only_known(*table, "domains", {"name", "keys"}); !s) return s;
+    if (Status s = r.only_known(*table, "domains", {"name", "keys", "users"}); !s) return s;
     const toml::node* name = table->get("name");
     const toml::node* keys = table->get("keys");
     if (name == nullptr || keys == nullptr || keys->as_array() == nullptr) {
@@ -237,8 +239,82 @@ Status read_domains(const Reader& r, const toml::array& array, NodeConfig& out) 
       hosted.key_files.push_back(r.relative_to_file(*file));
     }
     if (hosted.key_files.empty()) return r.at(*keys, "'keys' must name at least one private key file");
+    if (const toml::node* list = table->get("users")) {
+      std::vector<std::string>& users = out.users[hosted.domain];
+      if (list->as_array() == nullptr) return r.at(*list, "'users' must be an array of local parts, or [\"*\"]");
+      for (const toml::node& user : *list->as_array()) {
+        Result<std::string> part = r.string(user, "users");
+        if (!part) return part.error();
+        if (*part != kAnyUser && !parse_user_uri(fmt::format("im:{}@{}", *part, hosted.domain), UriScheme::Im)) {
+          return r.at(user, fmt::format("'{}' is not a user name (1 to 64 of A-Z a-z 0-9 !$&'*+-=_~ and inner dots)",
+                                        escape_text(*part)));
+        }
+        if (std::find(users.begin(), users.end(), *part) != users.end()) {
+          return r.at(user, fmt::format("user '{}' is listed twice", *part));
+        }
+        users.push_back(*part);
+      }
+    }
     out.federation.domains.push_back(std::move(hosted));
   }
+  return ok_status();
+}
+
+Status read_store(const Reader& r, const toml::table& table, StoreSettings& out) {
+  if (Status s = r.only_known(table, "store", {"path", "synchronous"}); !s) return s;
+  if (const toml::node* node = table.get("path")) {
+    Result<std::string> v = r.string(*node, "path");
+    if (!v) return v.error();
+    if (v->empty()) return r.at(*node, "'path' must name the database file");
+    out.path = r.relative_to_file(*v);
+  }
+  if (const toml::node* node = table.get("synchronous")) {
+    Result<std::string> v = r.string(*node, "synchronous");
+    if (!v) return v.error();
+    if (*v == "full") {
+      out.synchronous = StoreSync::Full;
+    } else if (*v == "normal") {
+      out.synchronous = StoreSync::Normal;
+    } else {
+      return r.at(*node, fmt::format("synchronous '{}' is not \"full\" or \"normal\"", escape_text(*v)));
+    }
+  }
+  return ok_status();
+}
+
+Status read_control(const Reader& r, const toml::table& table, ControlSettings& out) {
+  if (Status s = r.only_known(table, "control", {"socket", "group"}); !s) return s;
+  if (const toml::node* node = table.get("socket")) {
+    Result<std::string> v = r.string(*node, "socket");
+    if (!v) return v.error();
+    if (v->empty()) return r.at(*node, "'socket' must name the control socket's path");
+    out.socket = r.relative_to_file(*v);
+  }
+  if (const toml::node* node = table.get("group")) {
+    Result<std::string> v = r.string(*node, "group");
+    if (!v) return v.error();
+    out.group = *v;
+  }
+  // sockaddr_un holds 107 bytes and a NUL.
+  if (out.socket.string().size() > 107) {
+    return r.at(table, fmt::format("the control socket path {} is longer than 107 bytes", out.socket.string()));
+  }
+  return ok_status();
+}
+
+Status read_delivery(const Reader& r, const toml::table& table, DeliverySettings& out) {
+  if (Status s = r.only_known(table, "delivery", {"retry_first_s", "retry_max_s", "lifetime_s"}); !s) {
+    return s;
+  }
+  for (auto [key, field] : {std::pair{"retry_first_s", &out.retry_first}, std::pair{"retry_max_s", &out.retry_max},
+                            std::pair{"lifetime_s", &out.lifetime}}) {
+    if (const toml::node* node = table.get(key)) {
+      auto v = r.integer(*node, key, 1, 86400 * 365);
+      if (!v) return v.error();
+      *field = std::chrono::seconds{*v};
+    }
+  }
+  if (out.retry_first > out.retry_max) return r.at(table, "retry_first_s must not exceed retry_max_s");
   return ok_status();
 }
 
@@ -535,7 +611,8 @@ Result<NodeConfig> parse_node_config(std::string_view text, const std::filesyste
   Reader r(path);
   NodeConfig config;
   config.source = path;
-  if (Status s = r.only_known(root, "", {"resolver", "key_cache", "log", "node", "domains", "policy", "limits", "peers"});
+  if (Status s = r.only_known(root, "", {"resolver", "key_cache", "log", "node", "domains", "policy", "limits", "peers",
+                                         "store", "control", "delivery"});
       !s) {
     return s.error();
   }
@@ -563,6 +640,18 @@ Result<NodeConfig> parse_node_config(std::string_view text, const std::filesyste
   }
   if (const toml::array* peers = root["peers"].as_array()) {
     if (Status s = read_peers(r, *peers, config.peers); !s) return s.error();
+  }
+  // Defaults beside the config file: keyfed.toml -> keyfed.db, keyfed.sock.
+  config.store.path = std::filesystem::path(path).replace_extension(".db");
+  config.control.socket = std::filesystem::path(path).replace_extension(".sock");
+  if (const toml::table* store = root["store"].as_table()) {
+    if (Status s = read_store(r, *store, config.store); !s) return s.error();
+  }
+  if (const toml::table* control = root["control"].as_table()) {
+    if (Status s = read_control(r, *control, config.control); !s) return s.error();
+  }
+  if (const toml::table* delivery = root["delivery"].as_table()) {
+    if (Status s = read_delivery(r, *delivery, config.delivery); !s) return s.error();
   }
   return config;
 }

@@ -2,7 +2,11 @@
 // in docs/CONFIG.md.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
 #include <string_view>
 
 #include "common/log.h"
@@ -10,6 +14,7 @@
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver_config.h"
 #include "federation/node.h"
+#include "store/sqlite_store.h"
 
 namespace keyfed {
 
@@ -24,6 +29,34 @@ struct StaticPeer {
   int port = kDefaultFederationPort;
 };
 
+/// [store] (docs/STORE.md): the database file, relative to the config file.
+/// Default: the config file's name with ".db" (keyfed.toml -> keyfed.db).
+struct StoreSettings {
+  std::filesystem::path path;
+  StoreSync synchronous = StoreSync::Full;
+  bool operator==(const StoreSettings&) const = default;
+};
+
+/// [control] (docs/CONTROL.md): the Unix socket local users and the CLI
+/// speak to. Default: the config file's name with ".sock". Mode 0600, or
+/// 0660 with `group`: the file's permissions are the access control.
+struct ControlSettings {
+  std::filesystem::path socket;
+  std::string group;
+  bool operator==(const ControlSettings&) const = default;
+};
+
+/// [delivery] (docs/STORE.md, "Delivery").
+struct DeliverySettings {
+  std::chrono::seconds retry_first{2};    ///< the first retry, within seconds
+  std::chrono::seconds retry_max{300};    ///< backoff cap
+  std::chrono::seconds lifetime{259200};  ///< given up after this (three days)
+  bool operator==(const DeliverySettings&) const = default;
+};
+
+/// The catch-all entry of `users`: any local part is a user of the domain.
+inline constexpr std::string_view kAnyUser = "*";
+
 struct NodeConfig {
   std::filesystem::path source;  ///< the file it was read from
   ResolverConfig resolver;
@@ -34,6 +67,11 @@ struct NodeConfig {
   int listen_port = kDefaultFederationPort;
   NodeSettings federation;  ///< domains empty when the file has no [[domains]]
   std::vector<StaticPeer> peers;
+  /// [[domains]] users: hosted domain -> its users' local parts ("*": any).
+  std::map<std::string, std::vector<std::string>> users;
+  StoreSettings store;
+  ControlSettings control;
+  DeliverySettings delivery;
 };
 
 /// Reads and checks the whole file: TOML syntax, known keys only, value

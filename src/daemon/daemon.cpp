@@ -43,7 +43,15 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
   auto user_closed = std::move(handlers.on_session_closed);
   handlers.on_session_closed = [raw, user_closed](const SessionInfo& info, const std::string& reason) {
     raw->on_session_closed(info);
+    if (raw->messages_) raw->messages_->session_closed(info);
     if (user_closed) user_closed(info, reason);
+  };
+  // docs/STORE.md, "Inbox": committed before the ACK.
+  auto user_message = handlers.on_message;
+  handlers.deliver = [raw, user_message](const DeliveredMessage& m, DeliveryReply reply) {
+    if (user_message) user_message(m);
+    if (!raw->messages_) return reply(NackPayload{0, NackCode::TemporaryFailure, "the node is stopping"});
+    raw->messages_->accept_inbound(m, std::move(reply));
   };
   auto node = Node::create(loop, *daemon->cache_, daemon->config_.federation, std::move(handlers));
   if (!node) return node.error();
@@ -51,6 +59,21 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
   if (Status s = daemon->node_->listen(daemon->config_.listen_address, daemon->config_.listen_port); !s) {
     return s.error();
   }
+  auto store = open_sqlite_store(loop, {.path = daemon->config_.store.path,
+                                        .synchronous = daemon->config_.store.synchronous,
+                                        .retention = std::max<std::chrono::seconds>(
+                                            std::chrono::seconds(7 * 86400), 2 * daemon->config_.delivery.lifetime)});
+  if (!store) return store.error();
+  daemon->store_ = std::move(store).value();
+  daemon->messages_ = std::make_unique<MessageService>(loop, *daemon->node_, *daemon->store_, daemon->config_);
+  auto control = ControlSocket::open(loop, daemon->config_.control,
+                                     [raw](const nlohmann::json& request, ControlSocket::Send send) {
+                                       raw->on_control(request, send);
+                                     });
+  if (!control) return control.error();
+  daemon->control_ = std::move(control).value();
+  log_at(LogLevel::Info, "store {}; control socket {}", daemon->config_.store.path.string(),
+         daemon->control_->path().string());
   for (const StaticPeer& peer : daemon->config_.peers) daemon->start_link(peer);
   return daemon;
 }
@@ -59,15 +82,19 @@ Daemon::Daemon(uv_loop_t* loop) : loop_(loop) {}
 
 Daemon::~Daemon() {
   stopping_ = true;
+  control_.reset();
   links_.clear();
   if (node_) node_->close_all("node shutting down");  // ERROR Shutdown and close_notify on every session
+  messages_.reset();
   node_.reset();
+  store_.reset();  // what was queued to it is committed first
   cache_.reset();
   resolver_.reset();
 }
 
 void Daemon::shutdown(const std::string& reason) {
   stopping_ = true;
+  control_.reset();
   links_.clear();
   node_->close_all(reason);
 }
@@ -75,6 +102,9 @@ void Daemon::shutdown(const std::string& reason) {
 Status Daemon::reload(NodeConfig next) {
   if (next.federation.domains.empty()) {
     return make_error("{}: no [[domains]]: the node would host nothing", next.source.string());
+  }
+  if (!(next.store == config_.store) || !(next.control == config_.control)) {
+    return make_error("{}: [store] and [control] take a restart (docs/CONFIG.md, Reload)", next.source.string());
   }
   // 1. Prepare every part; nothing running is touched until all succeeded.
   Result<KeyResolver::Prepared> resolver = resolver_->prepare(next.resolver);
@@ -102,6 +132,7 @@ Status Daemon::reload(NodeConfig next) {
   std::vector<StaticPeer> peers = next.peers;
   config_ = std::move(next);
   apply_peers(peers);
+  messages_->reconfigure(config_);
   node_->revalidate();
   return ok_status();
 }
@@ -151,6 +182,7 @@ void Daemon::connect(PeerLink& link) {
     if (r) {
       l->session = r->id;
       l->backoff = std::chrono::milliseconds(1000);
+      messages_->session_up(*r);
       return;
     }
     log_at(LogLevel::Warning, "no session with {} at {}:{}: {}; retrying in {} ms", l->peer.domain, l->peer.address,

@@ -16,7 +16,10 @@
 #include "config/node_config.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver.h"
+#include "daemon/control_socket.h"
+#include "daemon/message_service.h"
 #include "federation/node.h"
+#include "store/store.h"
 
 namespace keyfed {
 
@@ -42,6 +45,8 @@ class Daemon {
   void shutdown(const std::string& reason);
 
   Node& node() { return *node_; }
+  MessageStore& store() { return *store_; }
+  MessageService& messages() { return *messages_; }
   KeyCache& cache() { return *cache_; }
   KeyResolver& resolver() { return *resolver_; }
   const NodeConfig& config() const { return config_; }
@@ -54,6 +59,8 @@ class Daemon {
   void schedule(PeerLink& link);
   void on_session_closed(const SessionInfo& info);
   void apply_peers(const std::vector<StaticPeer>& peers);
+  /// One request from the control socket (docs/CONTROL.md).
+  void on_control(const nlohmann::json& request, const ControlSocket::Send& send);
 
   uv_loop_t* loop_;
   NodeConfig config_;
@@ -61,6 +68,9 @@ class Daemon {
   std::unique_ptr<KeyResolver> resolver_;
   std::unique_ptr<KeyCache> cache_;
   std::unique_ptr<Node> node_;
+  std::unique_ptr<MessageStore> store_;
+  std::unique_ptr<MessageService> messages_;
+  std::unique_ptr<ControlSocket> control_;
   std::vector<std::unique_ptr<PeerLink>> links_;
   bool stopping_ = false;
 };

@@ -51,6 +51,7 @@ enum class NackCode : std::uint16_t {
   RateLimited = 4,        ///< the peer exceeded its message rate
   NotAuthorized = 5,      ///< presence request not allowed
   LimitExceeded = 6,      ///< a per-session budget is used up (subscriptions)
+  TemporaryFailure = 7,   ///< the receiver cannot take it now (its store failed): send it again later
 };
 
 /// ERROR codes (docs/PROTOCOL.md §6).

@@ -459,6 +459,7 @@ void Node::deliver(const SessionInfo& session, CpimMessage message, std::vector<
       }
     }
   }
+  if (handlers_.deliver) return handlers_.deliver({session, std::move(message), std::move(cpim)}, std::move(reply));
   if (handlers_.on_message) handlers_.on_message({session, std::move(message), std::move(cpim)});
   reply(std::nullopt);
 }

@@ -73,6 +73,10 @@ class Node final : private SessionHost {
  public:
   struct Handlers {
     std::function<void(const DeliveredMessage&)> on_message;
+    /// Takes over the answer to a MESSAGE that passed sender binding and whose
+    /// recipients are hosted here: `reply` ACKs or NACKs, now or later (after
+    /// the store committed it). Without it the node ACKs at once.
+    std::function<void(const DeliveredMessage&, DeliveryReply)> deliver;
     std::function<void(const SessionInfo&, const NotifyPayload&)> on_notify;
     std::function<void(const SessionInfo&, const std::string& reason)> on_session_closed;
     /// One JSON object per authentication decision (default: the log, log_audit()).

@@ -1,0 +1,370 @@
+#include "daemon/message_service.h"
+
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "common/log.h"
+
+namespace keyfed {
+
+namespace {
+
+UnixMs now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string hex(const unsigned char* data, std::size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < size; ++i) {
+    out += kDigits[data[i] >> 4];
+    out += kDigits[data[i] & 15];
+  }
+  return out;
+}
+
+std::string new_message_id() {
+  unsigned char random[16];
+  if (RAND_bytes(random, sizeof random) != 1) {
+    // The only failure is an unseeded generator: no id is better than a guessable one.
+    throw std::runtime_error("RAND_bytes failed");
+  }
+  return hex(random, sizeof random);
+}
+
+// RFC 5438 §6.3 leaves the Message-ID's form to the sender; ours are
+// printable tokens so that they can be shown, logged and used as keys.
+bool valid_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("._~@+=-:/").find(c) != std::string_view::npos;
+  });
+}
+
+std::string domain_of(const std::string& address) {
+  auto at = address.find('@');
+  return at == std::string::npos ? std::string() : address.substr(at + 1);
+}
+
+std::vector<std::uint8_t> bytes_of(std::string_view text) { return {text.begin(), text.end()}; }
+
+}  // namespace
+
+std::optional<std::string> message_id(const CpimMessage& message) {
+  const CpimHeader* header = message.find(kImdnNamespace, "Message-ID");
+  if (header == nullptr) return std::nullopt;
+  std::string_view v = header->value;
+  if (v.size() >= 2 && v.front() == '<' && v.back() == '>') v = v.substr(1, v.size() - 2);
+  return std::string(v);
+}
+
+Result<std::vector<std::uint8_t>> with_message_id(std::vector<std::uint8_t> cpim, const CpimMessage& parsed) {
+  if (auto id = message_id(parsed)) {
+    if (!valid_id(*id)) return make_error("imdn.Message-ID must be 1 to 128 of A-Z a-z 0-9 . _ ~ @ + = - : /");
+    return cpim;
+  }
+  bool declared = false;
+  for (const CpimNamespace& ns : parsed.namespaces) {
+    if (ns.prefix == "imdn") {
+      if (ns.uri != kImdnNamespace) return make_error("the prefix 'imdn' is declared for another namespace");
+      declared = true;
+    }
+  }
+  std::string headers = fmt::format("{}imdn.Message-ID: {}\r\n",
+                                    declared ? "" : "NS: imdn <urn:ietf:params:imdn>\r\n", new_message_id());
+  // Before the first header: NS declarations apply to the lines after them.
+  cpim.insert(cpim.begin(), headers.begin(), headers.end());
+  return cpim;
+}
+
+MessageService::MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const NodeConfig& config)
+    : loop_(loop), node_(node), store_(store), jitter_(std::random_device{}()) {
+  reconfigure(config);
+  timer_ = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop, timer_.get());
+  timer_->data = this;
+  schedule_pass(std::chrono::milliseconds(0));  // what was queued before a restart
+}
+
+MessageService::~MessageService() { *alive_ = false; }
+
+void MessageService::reconfigure(const NodeConfig& config) {
+  users_.clear();
+  for (const HostedDomain& d : config.federation.domains) {
+    auto it = config.users.find(d.domain);
+    // No `users` list: any local part (docs/CONFIG.md, [[domains]] users).
+    users_[d.domain] = it == config.users.end() ? std::vector<std::string>{std::string(kAnyUser)} : it->second;
+  }
+  peers_ = config.peers;
+  delivery_ = config.delivery;
+}
+
+bool MessageService::is_local_user(const std::string& user, const std::string& domain) const {
+  auto it = users_.find(domain);
+  if (it == users_.end()) return false;
+  return std::any_of(it->second.begin(), it->second.end(),
+                     [&](const std::string& u) { return u == kAnyUser || u == user; });
+}
+
+void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply reply) {
+  std::string id;
+  if (auto given = message_id(m.message); given && valid_id(*given)) {
+    id = *given;
+  } else if (given) {
+    return reply(NackPayload{0, NackCode::MalformedMessage, "imdn.Message-ID is not a printable token"});
+  } else {
+    // A message without an identity still gets one for replay: its digest.
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(m.cpim.data(), m.cpim.size(), digest);
+    id = "sha256:" + hex(digest, sizeof digest);
+  }
+  std::vector<InboxMessage> copies;
+  std::set<std::string> owners;
+  for (const auto* list : {&m.message.to, &m.message.cc}) {
+    for (const CpimAddress& to : *list) {
+      if (!is_local_user(to.user, to.domain)) {
+        return reply(NackPayload{0, NackCode::UnknownRecipient, fmt::format("{} is not a user here", to.uri)});
+      }
+      std::string owner = to.user + "@" + to.domain;
+      if (!owners.insert(owner).second) continue;
+      copies.push_back({id, owner, m.message.from.uri, to.uri, m.session.peer_domain,
+                        std::string(to_string(m.session.decision)), now_ms(), m.cpim});
+    }
+  }
+  std::string from = m.message.from.uri, to = m.message.to.front().uri, decision(to_string(m.session.decision));
+  std::size_t size = m.cpim.size();
+  store_.accept_inbound(m.session.peer_domain, copies,
+                        [this, alive = alive_, reply, copies, from, to, decision, size](Result<Acceptance> r) {
+                          if (!r) {
+                            log_at(LogLevel::Error, "message {} -> {} not stored: {}", from, to, r.error().message);
+                            return reply(NackPayload{0, NackCode::TemporaryFailure, "the store cannot take it now"});
+                          }
+                          // Addresses passed the strict CPIM reader: a restricted alphabet.
+                          log_at(LogLevel::Info, "message {} -> {} ({} bytes, sender domain {}){}", from, to, size,
+                                 decision, *r == Acceptance::Duplicate ? ": a replay, not stored again" : "");
+                          reply(std::nullopt);
+                          if (*alive && *r == Acceptance::Stored) announce(copies);
+                        });
+}
+
+void MessageService::submit(std::vector<std::uint8_t> cpim,
+                            std::function<void(std::variant<Submitted, SubmitError>)> done) {
+  auto refuse = [&](Refusal why, std::string text) { done(SubmitError{why, std::move(text)}); };
+  Result<CpimMessage> parsed = parse_cpim(cpim);
+  if (!parsed) return refuse(Refusal::BadMessage, "not a valid message/cpim: " + parsed.error().message);
+  static const CpimHeaderName kUnderstood[] = {{kImdnNamespace, "Message-ID"}, {kImdnNamespace, "Disposition-Notification"}};
+  if (Status s = check_required(*parsed, kUnderstood); !s) return refuse(Refusal::BadMessage, s.error().message);
+  const CpimAddress& from = parsed->from;
+  if (!is_local_user(from.user, from.domain)) {
+    return refuse(Refusal::NotLocalUser, fmt::format("{} is not a local user of this node", from.uri));
+  }
+  auto fixed = with_message_id(std::move(cpim), *parsed);
+  if (!fixed) return refuse(Refusal::BadMessage, fixed.error().message);
+  Result<CpimMessage> final_form = parse_cpim(*fixed);
+  if (!final_form) return refuse(Refusal::BadMessage, "not a valid message/cpim: " + final_form.error().message);
+  std::string id = *message_id(*final_form);
+
+  UnixMs now = now_ms();
+  std::vector<InboxMessage> local;
+  std::map<std::string, OutboundMessage> remote;
+  std::set<std::string> owners;
+  for (const auto* list : {&final_form->to, &final_form->cc}) {
+    for (const CpimAddress& to : *list) {
+      if (users_.count(to.domain) != 0) {
+        if (!is_local_user(to.user, to.domain)) {
+          return refuse(Refusal::UnknownRecipient, fmt::format("{} is not a user here", to.uri));
+        }
+        std::string owner = to.user + "@" + to.domain;
+        if (owners.insert(owner).second) {
+          local.push_back({id, owner, from.uri, to.uri, from.domain, "local", now, *fixed});
+        }
+      } else if (remote.count(to.domain) == 0) {
+        remote[to.domain] = {id, from.user + "@" + from.domain, to.domain, now,
+                             now + std::chrono::duration_cast<std::chrono::milliseconds>(delivery_.lifetime).count(),
+                             *fixed};
+      }
+    }
+  }
+  std::vector<OutboundMessage> outbound;
+  for (auto& [domain, message] : remote) outbound.push_back(std::move(message));
+  store_.submit(from.domain, id, local, outbound,
+                [this, alive = alive_, id, local, done](Result<Acceptance> r) {
+                  if (!r) return done(SubmitError{Refusal::Store, r.error().message});
+                  done(Submitted{id, *r == Acceptance::Duplicate});
+                  if (!*alive || *r == Acceptance::Duplicate) return;
+                  announce(local);
+                  schedule_pass(std::chrono::milliseconds(0));
+                });
+}
+
+void MessageService::announce(const std::vector<InboxMessage>& copies) {
+  auto listeners = listeners_;  // a listener may stop listening while called
+  for (const InboxMessage& m : copies) {
+    for (auto& [id, listener] : listeners) listener(m);
+  }
+}
+
+std::uint64_t MessageService::listen_inbox(InboxListener listener) {
+  listeners_[next_listener_] = std::move(listener);
+  return next_listener_++;
+}
+
+void MessageService::stop_listening(std::uint64_t id) { listeners_.erase(id); }
+
+void MessageService::schedule_pass(std::chrono::milliseconds delay) {
+  uv_timer_start(timer_.get(), [](uv_timer_t* t) { static_cast<MessageService*>(t->data)->pass(); },
+                 static_cast<std::uint64_t>(std::max<std::int64_t>(0, delay.count())), 0);
+}
+
+// One pass over the due queue entries; then the timer is set for the next
+// one due (at least 200 ms on: entries in flight or waiting on a connection
+// are due but taken care of).
+void MessageService::pass() {
+  if (pass_running_) return;
+  pass_running_ = true;
+  store_.due(now_ms(), 256, std::nullopt, [this, alive = alive_](Result<std::vector<QueueEntry>> due) {
+    if (!*alive) return;
+    if (!due) log_at(LogLevel::Error, "delivery: cannot read the queue: {}", due.error().message);
+    if (due) {
+      for (const QueueEntry& entry : *due) deliver(entry);
+    }
+    store_.next_due([this, alive](Result<std::optional<UnixMs>> next) {
+      if (!*alive) return;
+      pass_running_ = false;
+      std::int64_t wait = 5000;
+      if (next && next->has_value()) wait = std::clamp<std::int64_t>(**next - now_ms(), 200, 5000);
+      schedule_pass(std::chrono::milliseconds(wait));
+    });
+  });
+}
+
+void MessageService::deliver(const QueueEntry& entry) {
+  const OutboundMessage& m = entry.message;
+  if (in_flight_.count({m.id, m.to_domain}) != 0) return;
+  if (now_ms() >= m.expires) {
+    return fail(entry, entry.last_error.empty() ? "not delivered within the delivery lifetime"
+                                                : "not delivered within the delivery lifetime; last error: " +
+                                                      entry.last_error);
+  }
+  std::pair<std::string, std::string> route{domain_of(m.sender), m.to_domain};
+  if (auto it = routes_.find(route); it != routes_.end()) return send_on(it->second, entry);
+  if (connecting_.count(route) == 0) connect(route.first, route.second);
+}
+
+void MessageService::connect(const std::string& local_domain, const std::string& to_domain) {
+  std::pair<std::string, std::string> route{local_domain, to_domain};
+  connecting_.insert(route);
+  auto done = [this, alive = alive_, route](Result<SessionInfo> r) {
+    if (!*alive) return;
+    connecting_.erase(route);
+    std::string error = r ? std::string() : r.error().message;
+    if (r) routes_[route] = r->id;
+    // Either way, the domain's entries move: sent now, or deferred.
+    store_.due(now_ms(), 256, route.second, [this, alive, route, error](Result<std::vector<QueueEntry>> due) {
+      if (!*alive || !due) return;
+      for (const QueueEntry& entry : *due) {
+        if (domain_of(entry.message.sender) != route.first) continue;
+        if (error.empty()) {
+          deliver(entry);
+        } else if (in_flight_.count({entry.message.id, entry.message.to_domain}) == 0) {
+          retry_later(entry, error);
+        }
+      }
+    });
+  };
+  auto peer = std::find_if(peers_.begin(), peers_.end(), [&](const StaticPeer& p) { return p.domain == to_domain; });
+  if (peer != peers_.end()) {
+    node_.connect(local_domain, to_domain, peer->address, peer->port, done);
+  } else {
+    node_.connect_domain(local_domain, to_domain, done);
+  }
+}
+
+void MessageService::send_on(std::uint64_t session, const QueueEntry& entry) {
+  const OutboundMessage& m = entry.message;
+  in_flight_.insert({m.id, m.to_domain});
+  Status sent = node_.send_message(session, m.cpim, [this, alive = alive_, entry](Status r) {
+    if (!*alive) return;
+    const OutboundMessage& msg = entry.message;
+    in_flight_.erase({msg.id, msg.to_domain});
+    if (r) {
+      store_.mark_delivered(msg.id, msg.to_domain, now_ms(), [id = msg.id, to = msg.to_domain](Status s) {
+        if (!s) log_at(LogLevel::Error, "delivery: {} to {} ACKed but not marked: {}", id, to, s.error().message);
+      });
+      return;
+    }
+    const std::string& text = r.error().message;
+    // NACK RateLimited (4) and TemporaryFailure (7), and a session that
+    // closed before answering, are tried again; any other NACK is final.
+    bool final_refusal = text.starts_with("NACK ") && !text.starts_with("NACK 4:") && !text.starts_with("NACK 7:");
+    if (final_refusal) return fail(entry, fmt::format("refused by {}: {}", msg.to_domain, text));
+    retry_later(entry, text);
+  });
+  if (!sent) {
+    in_flight_.erase({m.id, m.to_domain});
+    std::erase_if(routes_, [&](const auto& r) { return r.second == session; });
+    retry_later(entry, sent.error().message);
+  }
+}
+
+std::chrono::milliseconds MessageService::backoff(int attempts) {
+  using std::chrono::milliseconds;
+  auto first = std::chrono::duration_cast<milliseconds>(delivery_.retry_first);
+  auto cap = std::chrono::duration_cast<milliseconds>(delivery_.retry_max);
+  milliseconds base = first;
+  for (int i = 0; i < attempts && base < cap; ++i) base *= 2;
+  base = std::min(base, cap);
+  // Jitter: between half and all of it, so that retries of many messages
+  // (and of many nodes) spread out.
+  std::uniform_int_distribution<std::int64_t> spread(base.count() / 2, base.count());
+  return milliseconds(spread(jitter_));
+}
+
+void MessageService::retry_later(const QueueEntry& entry, const std::string& error) {
+  UnixMs next = now_ms() + backoff(entry.attempts).count();
+  store_.defer(entry.message.id, entry.message.to_domain, next, error, [id = entry.message.id](Status s) {
+    if (!s) log_at(LogLevel::Error, "delivery: cannot defer {}: {}", id, s.error().message);
+  });
+}
+
+void MessageService::fail(const QueueEntry& entry, const std::string& error) {
+  const OutboundMessage& m = entry.message;
+  std::string local_domain = domain_of(m.sender);
+  std::string notice_id = new_message_id();
+  std::string reason = escape_text(error);
+  std::string text = fmt::format(
+      "From: <im:postmaster@{0}>\r\nTo: <im:{1}>\r\nNS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: {2}\r\n"
+      "Subject: Delivery failed\r\n\r\nContent-Type: text/plain;charset=utf-8\r\n\r\n"
+      "Your message {3} to {4} was not delivered: {5}\r\n",
+      local_domain, m.sender, notice_id, m.id, m.to_domain, reason);
+  InboxMessage notice{notice_id, m.sender, "im:postmaster@" + local_domain, "im:" + m.sender, local_domain, "local",
+                      now_ms(), bytes_of(text)};
+  log_at(LogLevel::Warning, "delivery: gave up {} to {}: {}", m.id, m.to_domain, reason);
+  store_.give_up(m.id, m.to_domain, now_ms(), error, notice, [this, alive = alive_, notice](Status s) {
+    if (!s) return log_at(LogLevel::Error, "delivery: cannot record a failure: {}", s.error().message);
+    if (*alive) announce({notice});
+  });
+}
+
+void MessageService::session_up(const SessionInfo& session) {
+  if (session.direction != Direction::Outbound) return;
+  routes_[{session.local_domain, session.peer_domain}] = session.id;
+  // Flushed at once: whatever the backoff said.
+  store_.due(now_ms(), 256, session.peer_domain, [this, alive = alive_, session](Result<std::vector<QueueEntry>> due) {
+    if (!*alive || !due) return;
+    for (const QueueEntry& entry : *due) {
+      if (domain_of(entry.message.sender) == session.local_domain) deliver(entry);
+    }
+  });
+}
+
+void MessageService::session_closed(const SessionInfo& session) {
+  std::erase_if(routes_, [&](const auto& r) { return r.second == session.id; });
+}
+
+}  // namespace keyfed

@@ -1,0 +1,110 @@
+// Messages for the node's users (docs/STORE.md): a MESSAGE from a peer is
+// committed to its recipients' inboxes before it is ACKed; a message a local
+// user submits is committed to the outbound queue before the submitter hears
+// "accepted", then delivered to each destination domain over a session
+// opened on demand, retried with backoff and jitter while the domain cannot
+// take it, marked delivered only by the peer's ACK, and given up after the
+// delivery lifetime with a failure notice in the sender's inbox.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <uv.h>
+
+#include "common/result.h"
+#include "common/uv_handle.h"
+#include "config/node_config.h"
+#include "federation/node.h"
+#include "store/store.h"
+
+namespace keyfed {
+
+/// The Message-ID of a message (RFC 5438 imdn.Message-ID, without the angle
+/// brackets), if it has one.
+std::optional<std::string> message_id(const CpimMessage& message);
+
+/// Gives a submitted message its identity: unchanged if it has an
+/// imdn.Message-ID already, else with "NS: imdn <urn:ietf:params:imdn>" and a
+/// new imdn.Message-ID put before its first header. From then on its bytes
+/// are fixed.
+Result<std::vector<std::uint8_t>> with_message_id(std::vector<std::uint8_t> cpim, const CpimMessage& parsed);
+
+class MessageService {
+ public:
+  MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const NodeConfig& config);
+  ~MessageService();
+  MessageService(const MessageService&) = delete;
+  MessageService& operator=(const MessageService&) = delete;
+
+  void reconfigure(const NodeConfig& config);
+
+  /// A MESSAGE that passed sender binding; `reply` ACKs once it is committed.
+  void accept_inbound(const DeliveredMessage& message, DeliveryReply reply);
+
+  /// Why a submission was refused, for the control socket's "status".
+  enum class Refusal { BadMessage, NotLocalUser, UnknownRecipient, Store };
+  struct Submitted {
+    std::string id;
+    bool duplicate = false;
+  };
+  struct SubmitError {
+    Refusal refusal;
+    std::string message;
+  };
+  /// A message from a local user (its From must be one): committed, then
+  /// delivered. `done` once committed, with the message's id.
+  void submit(std::vector<std::uint8_t> cpim,
+              std::function<void(std::variant<Submitted, SubmitError>)> done);
+
+  /// Is `user@domain` a user of a hosted domain?
+  bool is_local_user(const std::string& user, const std::string& domain) const;
+
+  /// Called by the daemon when a session is established or closed.
+  void session_up(const SessionInfo& session);
+  void session_closed(const SessionInfo& session);
+
+  /// Every new inbox entry, for "follow" (owner, entry).
+  using InboxListener = std::function<void(const InboxMessage&)>;
+  std::uint64_t listen_inbox(InboxListener listener);
+  void stop_listening(std::uint64_t id);
+
+ private:
+  struct Route;
+  void schedule_pass(std::chrono::milliseconds delay);
+  void pass();
+  void deliver(const QueueEntry& entry);
+  void send_on(std::uint64_t session, const QueueEntry& entry);
+  void retry_later(const QueueEntry& entry, const std::string& error);
+  void fail(const QueueEntry& entry, const std::string& error);
+  void connect(const std::string& local_domain, const std::string& to_domain);
+  std::chrono::milliseconds backoff(int attempts);
+  void announce(const std::vector<InboxMessage>& copies);
+
+  uv_loop_t* loop_;
+  Node& node_;
+  MessageStore& store_;
+  std::map<std::string, std::vector<std::string>> users_;
+  std::vector<StaticPeer> peers_;
+  DeliverySettings delivery_;
+  UvHandle<uv_timer_t> timer_;
+  bool pass_running_ = false;
+  /// Outbound sessions by (local domain, peer domain).
+  std::map<std::pair<std::string, std::string>, std::uint64_t> routes_;
+  std::set<std::pair<std::string, std::string>> connecting_;
+  std::set<std::pair<std::string, std::string>> in_flight_;  ///< (id, to_domain) sent, waiting for the ACK
+  std::map<std::uint64_t, InboxListener> listeners_;
+  std::uint64_t next_listener_ = 1;
+  std::mt19937_64 jitter_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  ///< for callbacks that outlive this
+};
+
+}  // namespace keyfed

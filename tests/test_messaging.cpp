@@ -1,0 +1,164 @@
+// Messages carried for users (docs/STORE.md), end to end: two `keyfed run`
+// nodes with their SQLite stores, the CLI speaking to each node's control
+// socket. Real processes, real TLS on loopback, real database files.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <tuple>
+
+#include "child_process.h"
+#include "cli/cli.h"
+#include "fed_harness.h"
+#include "harness.h"
+
+using namespace keyfed;
+using namespace keyfed::test;
+
+namespace {
+
+std::tuple<int, std::string, std::string> cli(std::vector<std::string> args) {
+  args.insert(args.begin(), "keyfed");
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  std::ostringstream out, err;
+  int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
+  return {status, out.str(), err.str()};
+}
+
+std::string write_file(const TempDir& dir, const std::string& name, const std::string& text) {
+  auto path = dir.path() / name;
+  std::ofstream(path, std::ios::binary) << text;
+  return path.string();
+}
+
+nlohmann::json queue_of(const std::filesystem::path& config) {
+  auto [status, out, err] = cli({"queue", "--config", config.string(), "--json"});
+  REQUIRE(status == 0);
+  return nlohmann::json::parse(out);
+}
+
+nlohmann::json inbox_of(const std::filesystem::path& config, const std::string& user) {
+  auto [status, out, err] = cli({"inbox", "--config", config.string(), user, "--json"});
+  INFO(err);
+  REQUIRE(status == 0);
+  return nlohmann::json::parse(out);
+}
+
+// Polls until `done` holds (the nodes are other processes).
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+const char* kHello =
+    "From: Bob <im:bob@beta.test>\r\nTo: Alice <im:alice@alpha.test>\r\nDateTime: 2026-11-23T09:00:00Z\r\n\r\n"
+    "Content-Type: text/plain\r\n\r\nHello from beta.test\r\n";
+
+}  // namespace
+
+TEST_CASE("a submitted message waits while its domain is down, then is delivered once, byte for byte",
+          "[messaging][store]") {
+  TempDir dir;
+  int alpha_port = free_port();
+  auto alpha = write_node_config(dir, fedkey("alpha-1"), "alpha.test",
+                                 "users = [\"alice\"]\n[delivery]\nretry_first_s = 1\nretry_max_s = 2\n");
+  // alpha's node listens on the port beta's [[peers]] names.
+  {
+    std::ifstream in(alpha);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string s = std::regex_replace(text.str(), std::regex("port = 0"), "port = " + std::to_string(alpha_port));
+    std::ofstream(alpha) << s;
+  }
+  auto beta = write_node_config(dir, fedkey("beta-new"), "beta.test",
+                                "users = [\"bob\"]\n[delivery]\nretry_first_s = 1\nretry_max_s = 2\n"
+                                "[[peers]]\ndomain = \"alpha.test\"\naddress = \"127.0.0.1\"\nport = " +
+                                    std::to_string(alpha_port) + "\n");
+  Child beta_node({"keyfed", "run", "--config", beta.string()});
+  REQUIRE_FALSE(beta_node.wait_for(std::regex("control socket")).empty());
+
+  auto hello = write_file(dir, "hello.cpim", kHello);
+  auto [status, out, err] = cli({"send", "--config", beta.string(), "--json", hello});
+  INFO(err);
+  REQUIRE(status == 0);
+  auto submitted = nlohmann::json::parse(out);
+  std::string id = submitted["id"];
+  CHECK(submitted["file"] == hello);
+  CHECK(id.size() == 32);
+
+  // alpha.test is down: queued, tried, not delivered.
+  REQUIRE(eventually([&] {
+    auto q = queue_of(beta);
+    return q.size() == 1 && q[0]["attempts"].get<int>() >= 1;
+  }));
+  auto q = queue_of(beta);
+  CHECK(q[0]["id"] == id);
+  CHECK(q[0]["state"] == "queued");
+  CHECK(q[0]["to_domain"] == "alpha.test");
+  CHECK_FALSE(q[0]["last_error"].get<std::string>().empty());
+
+  Child alpha_node({"keyfed", "run", "--config", alpha.string()});
+  REQUIRE_FALSE(alpha_node.wait_for(std::regex("control socket")).empty());
+  REQUIRE(eventually([&] { return queue_of(beta)[0]["state"] == "delivered"; }));
+
+  auto inbox = inbox_of(alpha, "alice@alpha.test");
+  REQUIRE(inbox.size() == 1);
+  CHECK(inbox[0]["id"] == id);
+  CHECK(inbox[0]["from"] == "im:bob@beta.test");
+  CHECK(inbox[0]["peer_domain"] == "beta.test");
+  CHECK(inbox[0]["decision"] == "authenticated");
+  // The bytes stored are the bytes submitted, with the identity the origin added in front.
+  std::string expected = "NS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: " + id + "\r\n" + kHello;
+  CHECK(inbox[0]["cpim"] == expected);
+
+  // Submitted again with its identity: never a second delivery.
+  auto again = write_file(dir, "again.cpim", expected);
+  auto [status2, out2, err2] = cli({"send", "--config", beta.string(), "--json", again});
+  REQUIRE(status2 == 0);
+  CHECK(nlohmann::json::parse(out2)["id"] == id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK(inbox_of(alpha, "alice@alpha.test").size() == 1);
+  CHECK(queue_of(beta).size() == 1);
+
+  // --take empties the inbox.
+  auto [status3, out3, err3] = cli({"inbox", "--config", alpha.string(), "im:alice@alpha.test", "--json", "--take"});
+  REQUIRE(status3 == 0);
+  CHECK(nlohmann::json::parse(out3).size() == 1);
+  CHECK(inbox_of(alpha, "alice@alpha.test").empty());
+}
+
+TEST_CASE("submission refusals and a node that is not running have their own exit statuses", "[messaging][cli]") {
+  TempDir dir;
+  auto beta = write_node_config(dir, fedkey("beta-new"), "beta.test", "users = [\"bob\"]\n");
+  auto hello = write_file(dir, "hello.cpim", kHello);
+  {
+    auto [status, out, err] = cli({"send", "--config", beta.string(), hello});
+    CHECK(status == static_cast<int>(ExitStatus::NotRunning));
+    CHECK_THAT(err, Catch::Contains("not running"));
+  }
+  Child node({"keyfed", "run", "--config", beta.string()});
+  REQUIRE_FALSE(node.wait_for(std::regex("control socket")).empty());
+  auto stranger = write_file(dir, "stranger.cpim",
+                             "From: <im:mallory@beta.test>\r\nTo: <im:alice@alpha.test>\r\n\r\nhi");
+  auto broken = write_file(dir, "broken.cpim", "From: <im:bob@beta.test>\r\nfrom: <im:ceo@alpha.test>\r\n\r\nhi");
+  auto local_unknown = write_file(dir, "local.cpim", "From: <im:bob@beta.test>\r\nTo: <im:nobody@beta.test>\r\n\r\nhi");
+  for (auto [file, expected] : {std::pair{stranger, "not a local user"}, std::pair{broken, "not a valid message/cpim"},
+                                std::pair{local_unknown, "nobody@beta.test is not a user here"}}) {
+    auto [status, out, err] = cli({"send", "--config", beta.string(), file});
+    CHECK(status == static_cast<int>(ExitStatus::BadInput));
+    CHECK_THAT(err, Catch::Contains(expected));
+  }
+  // Nothing refused was queued.
+  CHECK(queue_of(beta).empty());
+  auto [status, out, err] = cli({"inbox", "--config", beta.string(), "mallory@beta.test"});
+  CHECK(status == static_cast<int>(ExitStatus::BadInput));
+}
