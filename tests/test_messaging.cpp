@@ -1,10 +1,16 @@
 // Messages carried for users (docs/STORE.md), end to end: two `keyfed run`
 // nodes with their SQLite stores, the CLI speaking to each node's control
 // socket. Real processes, real TLS on loopback, real database files.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -161,4 +167,46 @@ TEST_CASE("submission refusals and a node that is not running have their own exi
   CHECK(queue_of(beta).empty());
   auto [status, out, err] = cli({"inbox", "--config", beta.string(), "mallory@beta.test"});
   CHECK(status == static_cast<int>(ExitStatus::BadInput));
+}
+
+TEST_CASE("a control client that sends garbage or leaves mid-command gets an error and costs nothing",
+          "[messaging][control]") {
+  TempDir dir;
+  auto alpha = write_node_config(dir, fedkey("alpha-1"), "alpha.test", "users = [\"alice\"]\n");
+  Child node({"keyfed", "run", "--config", alpha.string()});
+  REQUIRE_FALSE(node.wait_for(std::regex("control socket")).empty());
+  auto socket = std::filesystem::path(alpha).replace_extension(".sock");
+  // A message for alice, committed by the node itself.
+  auto note = write_file(dir, "note.cpim", "From: <im:alice@alpha.test>\r\nTo: <im:alice@alpha.test>\r\n\r\nmemo");
+  REQUIRE(std::get<0>(cli({"send", "--config", alpha.string(), note})) == 0);
+
+  auto raw = [&](const std::string& bytes, bool half_close) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    if (half_close) ::shutdown(fd, SHUT_WR);
+    std::string answers;
+    char chunk[4096];
+    timeval tv{2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    for (ssize_t n; (n = ::recv(fd, chunk, sizeof chunk, 0)) > 0;) {
+      answers.append(chunk, static_cast<std::size_t>(n));
+      if (std::count(answers.begin(), answers.end(), '\n') >= 3) break;
+    }
+    ::close(fd);
+    return answers;
+  };
+  // Garbage, a JSON nesting bomb and an unknown command: three refusals, one connection.
+  std::string answers = raw("not json\n" + std::string(100000, '[') + "\n{\"command\":\"rm -rf\"}\n", false);
+  CHECK(std::count(answers.begin(), answers.end(), '\n') == 3);
+  CHECK_THAT(answers, Catch::Contains("\"status\":\"bad-request\""));
+  CHECK_THAT(answers, Catch::Contains("\"status\":\"unknown-command\""));
+  // A client that asks for the inbox and leaves at once takes nothing away.
+  (void)raw("{\"command\":\"inbox\",\"user\":\"alice@alpha.test\",\"take\":true}\n", true);
+  CHECK(inbox_of(alpha, "alice@alpha.test").size() == 1);
+  // The node still serves.
+  CHECK(std::get<0>(cli({"queue", "--config", alpha.string()})) == 0);
 }

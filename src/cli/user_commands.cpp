@@ -75,8 +75,7 @@ ExitStatus run_inbox(const UserCommandOptions& options, std::ostream& out, std::
   ExitStatus status = ExitStatus::Ok;
   auto client = connect_node(options.config, err, status);
   if (!client) return status;
-  auto answer = client->request(
-      {{"command", "inbox"}, {"user", options.user}, {"take", options.take}, {"follow", options.follow}});
+  auto answer = client->request({{"command", "inbox"}, {"user", options.user}, {"follow", options.follow}});
   if (!answer) return err << "keyfed: error: " << answer.error().message << "\n", ExitStatus::NotRunning;
   if (!answer->value("ok", false)) return refused(*answer, err);
   auto print = [&](const json& m) {
@@ -94,6 +93,14 @@ ExitStatus run_inbox(const UserCommandOptions& options, std::ostream& out, std::
     out << messages.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
   } else {
     for (const json& m : messages) print(m);
+  }
+  out.flush();
+  // --take: removed only now that they are printed, up to the last one shown.
+  if (options.take && !messages.empty()) {
+    auto taken = client->request({{"command", "take"}, {"user", options.user},
+                                  {"through_seq", messages.back().value("seq", std::int64_t{0})}});
+    if (!taken) return err << "keyfed: error: " << taken.error().message << "\n", ExitStatus::NotRunning;
+    if (!taken->value("ok", false)) return refused(*taken, err);
   }
   while (options.follow) {
     auto next = client->receive();

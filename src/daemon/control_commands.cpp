@@ -86,35 +86,39 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
     return;
   }
 
-  if (command == "inbox") {
+  if (command == "inbox" || command == "take") {
     auto user = user_address(request.value("user", json()));
     if (!user || !messages_->is_local_user(user->user, user->domain)) {
       return (void)send(refusal("unknown-user", "\"user\" must be a local user (user@domain)"));
     }
     std::string owner = user->user + "@" + user->domain;
-    bool take = flag(request, "take"), follow = flag(request, "follow");
-    store_->inbox(owner, 0, [this, send, owner, take, follow](Result<std::vector<InboxEntry>> r) {
+    if (command == "take") {
+      // Removal is its own request, made once the client has the messages:
+      // an answer lost on the way never costs a message.
+      auto through = request.find("through_seq");
+      if (through == request.end() || !through->is_number_integer()) {
+        return (void)send(refusal("bad-request", "take needs \"through_seq\" (an integer from inbox)"));
+      }
+      store_->take(owner, through->get<std::int64_t>(), [send](Result<std::size_t> taken) {
+        if (!taken) return (void)send(refusal("store", taken.error().message));
+        send({{"ok", true}, {"taken", *taken}});
+      });
+      return;
+    }
+    bool follow = flag(request, "follow");
+    store_->inbox(owner, 0, [this, send, owner, follow](Result<std::vector<InboxEntry>> r) {
       if (!r) return (void)send(refusal("store", r.error().message));
       json list = json::array();
-      std::int64_t last = 0;
-      for (const InboxEntry& e : *r) {
-        list.push_back(inbox_json(e.seq, e.message));
-        last = e.seq;
-      }
-      auto answer = [send, list, follow, owner, this]() {
-        if (!send({{"ok", true}, {"messages", list}, {"following", follow}})) return;
-        if (!follow) return;
-        // Streamed until the client goes away.
-        auto id = std::make_shared<std::uint64_t>(0);
-        *id = messages_->listen_inbox([this, send, owner, id](const InboxMessage& m) {
-          if (m.owner != owner) return;
-          if (!send({{"message", inbox_json(0, m)}})) messages_->stop_listening(*id);
-        });
-      };
-      if (!take || last == 0) return answer();
-      store_->take(owner, last, [send, answer](Result<std::size_t> taken) {
-        if (!taken) return (void)send(refusal("store", taken.error().message));
-        answer();
+      for (const InboxEntry& e : *r) list.push_back(inbox_json(e.seq, e.message));
+      if (!send({{"ok", true}, {"messages", list}, {"following", follow}})) return;
+      if (!follow) return;
+      // Streamed until the client goes away.
+      auto id = std::make_shared<std::uint64_t>(0);
+      *id = messages_->listen_inbox([this, send, owner, id](const InboxMessage& m) {
+        // A client that went away stops listening at the next message for anyone.
+        if (!send(nullptr)) return messages_->stop_listening(*id);
+        if (m.owner != owner) return;
+        if (!send({{"message", inbox_json(0, m)}})) messages_->stop_listening(*id);
       });
     });
     return;
