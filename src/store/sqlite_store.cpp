@@ -250,6 +250,17 @@ QueueEntry read_queue_entry(const Query& q) {
   return e;
 }
 
+// Every row of a query over kQueueColumns.
+Result<std::vector<QueueEntry>> read_queue_entries(Query& q) {
+  std::vector<QueueEntry> out;
+  for (;;) {
+    auto row = q.step("cannot read the queue");
+    if (!row) return row.error();
+    if (!*row) return out;
+    out.push_back(read_queue_entry(q));
+  }
+}
+
 UnixMs wall_now() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -330,14 +341,7 @@ class SqliteStore final : public MessageStore {
             (*r)->bind(now);
           }
           (*r)->bind(static_cast<std::int64_t>(max));
-          std::vector<QueueEntry> out;
-          for (;;) {
-            auto row = (*r)->step("cannot read the queue");
-            if (!row) return row.error();
-            if (!*row) break;
-            out.push_back(read_queue_entry(**r));
-          }
-          return out;
+          return read_queue_entries(**r);
         },
         std::move(done));
   }
@@ -404,14 +408,7 @@ class SqliteStore final : public MessageStore {
           std::optional<Query> q;
           auto r = prepare(db, q, sql.c_str());
           if (!r) return r.error();
-          std::vector<QueueEntry> out;
-          for (;;) {
-            auto row = (*r)->step("cannot read the queue");
-            if (!row) return row.error();
-            if (!*row) break;
-            out.push_back(read_queue_entry(**r));
-          }
-          return out;
+          return read_queue_entries(**r);
         },
         std::move(done));
   }
