@@ -25,6 +25,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App* inbox = add_inbox_command(app, inbox_options);
   CLI::App* queue = add_queue_command(app, queue_options);
   CLI::App* peers = add_peers_command(app, peers_options);
+  PresenceCommandOptions presence_options;
+  add_presence_commands(app, presence_options);
   KeygenOptions keygen_options;
   CLI::App* keygen = add_keygen_command(app, keygen_options);
 
@@ -51,6 +53,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   if (inbox->parsed()) return static_cast<int>(run_inbox(inbox_options, out, err));
   if (queue->parsed()) return static_cast<int>(run_queue(queue_options, out, err));
   if (peers->parsed()) return static_cast<int>(run_peers(peers_options, out, err));
+  if (presence_command_parsed(presence_options)) {
+    return static_cast<int>(run_presence_command(presence_options, out, err));
+  }
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }

@@ -10,6 +10,7 @@
 #include "config/node_config.h"
 #include "dnskey/domain_name.h"
 #include "dnskey/key_cache.h"
+#include "dnskey/key_json.h"
 #include "dnskey/resolver.h"
 
 namespace keyfed {
@@ -88,30 +89,6 @@ Result<std::vector<std::shared_ptr<const CachedKeys>>> resolve_all(
   uv_loop_close(&loop);
   if (!status) return status.error();
   return answers;
-}
-
-nlohmann::json to_json(const CachedKeys& entry, TimePoint now) {
-  const DomainKeys& a = entry.answer;
-  nlohmann::json keys = nlohmann::json::array();
-  for (const FederationKey& key : a.keys) {
-    keys.push_back({{"algorithm", key.algorithm},
-                    {"algorithm_name", algorithm_name(key.algorithm)},
-                    {"key_tag", key.key_tag},
-                    {"key", key.key_base64()},
-                    {"spki_sha256", key.spki_sha256}});
-  }
-  nlohmann::json skipped = nlohmann::json::array();
-  for (const SkippedRecord& s : a.skipped) skipped.push_back({{"record", s.record}, {"reason", s.reason}});
-  nlohmann::json out = {{"domain", a.domain},
-                        {"outcome", std::string(to_string(a.outcome))},
-                        {"keys", std::move(keys)},
-                        {"ttl", a.ttl},
-                        {"expires_in", entry.remaining_seconds(now)},
-                        {"skipped", std::move(skipped)},
-                        {"aliases", a.aliases},
-                        {"wildcard", a.wildcard}};
-  if (!a.reason.empty()) out["reason"] = a.reason;
-  return out;
 }
 
 void print_table(std::ostream& out, const std::vector<std::shared_ptr<const CachedKeys>>& answers,
@@ -197,7 +174,7 @@ ExitStatus run_lookup(const LookupOptions& options, std::ostream& out, std::ostr
 
   if (options.json) {
     nlohmann::json report = nlohmann::json::array();
-    for (const auto& entry : *answers) report.push_back(to_json(*entry, now));
+    for (const auto& entry : *answers) report.push_back(key_answer_json(*entry, now));
     out << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     print_table(out, *answers, now);

@@ -318,11 +318,21 @@ Status read_delivery(const Reader& r, const toml::table& table, DeliverySettings
   return ok_status();
 }
 
-Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out) {
+Status read_policy(const Reader& r, const toml::table& table, PolicyConfig& out, AccessDefaults& access) {
   if (Status s = r.only_known(table, "policy",
-                              {"allow_unauthenticated", "insecure", "peers", "max_key_staleness_s"});
+                              {"allow_unauthenticated", "insecure", "peers", "max_key_staleness_s",
+                               "presence_default", "inbox_default"});
       !s) {
     return s;
+  }
+  for (auto [key, field] : {std::pair{"presence_default", &access.presence_allow},
+                            std::pair{"inbox_default", &access.inbox_allow}}) {
+    if (const toml::node* node = table.get(key)) {
+      Result<std::string> v = r.string(*node, key);
+      if (!v) return v.error();
+      if (*v != "allow" && *v != "deny") return r.at(*node, fmt::format("{} = '{}' is not allow or deny", key, *v));
+      *field = *v == "allow";
+    }
   }
   if (const toml::node* node = table.get("max_key_staleness_s")) {
     auto v = r.integer(*node, "max_key_staleness_s", 0, 86400 * 7);
@@ -633,7 +643,7 @@ Result<NodeConfig> parse_node_config(std::string_view text, const std::filesyste
     if (Status s = read_domains(r, *domains, config); !s) return s.error();
   }
   if (const toml::table* policy = root["policy"].as_table()) {
-    if (Status s = read_policy(r, *policy, config.federation.policy); !s) return s.error();
+    if (Status s = read_policy(r, *policy, config.federation.policy, config.access); !s) return s.error();
   }
   if (const toml::table* limits = root["limits"].as_table()) {
     if (Status s = read_limits(r, *limits, config.federation.limits); !s) return s.error();

@@ -54,6 +54,16 @@ struct DeliverySettings {
   bool operator==(const DeliverySettings&) const = default;
 };
 
+/// [policy] presence_default and inbox_default (docs/STORE.md,
+/// "Authorization"): what a user's allow/deny lists say about someone they
+/// do not name. Presence is private unless allowed; an inbox is open unless
+/// denied.
+struct AccessDefaults {
+  bool presence_allow = false;
+  bool inbox_allow = true;
+  bool operator==(const AccessDefaults&) const = default;
+};
+
 /// The catch-all entry of `users`: any local part is a user of the domain.
 inline constexpr std::string_view kAnyUser = "*";
 
@@ -72,6 +82,7 @@ struct NodeConfig {
   StoreSettings store;
   ControlSettings control;
   DeliverySettings delivery;
+  AccessDefaults access;
 };
 
 /// Reads and checks the whole file: TOML syntax, known keys only, value

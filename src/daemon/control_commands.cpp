@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "daemon/daemon.h"
+#include "dnskey/key_json.h"
 
 namespace keyfed {
 
@@ -61,6 +62,13 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
     return;
   }
   const std::string command = command_it->get<std::string>();
+  if (!ready()) {
+    if (load_error_) return (void)send(refusal("store", "the store could not be read: " + load_error_->message));
+    // Answered once the store is read, a moment after start.
+    if (early_requests_.size() >= 1024) return (void)send(refusal("starting", "the node is starting; try again"));
+    early_requests_.emplace_back(request, send);
+    return;
+  }
 
   if (command == "submit") {
     std::vector<std::uint8_t> cpim;
@@ -80,7 +88,8 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
         return;
       }
       const auto& e = std::get<MessageService::SubmitError>(r);
-      static constexpr const char* kStatus[] = {"bad-message", "not-local-user", "unknown-recipient", "store"};
+      static constexpr const char* kStatus[] = {"bad-message", "not-local-user", "unknown-recipient",
+                                                "store",       "not-authorized", "starting"};
       send(refusal(kStatus[static_cast<int>(e.refusal)], e.message));
     });
     return;
@@ -156,9 +165,148 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
                    {"established", s.established},
                    {"address", s.peer_address}};
       item["key_tag"] = s.peer_key ? json(s.peer_key->key_tag) : json(nullptr);
+      item["since"] = s.established_at_ms > 0 ? json(rfc3339(s.established_at_ms)) : json(nullptr);
+      item["messages_in"] = s.messages_in;
+      item["messages_out"] = s.messages_out;
+      auto totals = messages_->peer_totals(s.peer_domain);
+      item["total_in"] = totals.first;
+      item["total_out"] = totals.second;
       list.push_back(std::move(item));
     }
     send({{"ok", true}, {"peers", list}});
+    return;
+  }
+
+  if (command == "keys") {
+    json list = json::array();
+    TimePoint now = cache_->now();
+    for (const auto& entry : cache_->entries()) list.push_back(key_answer_json(*entry, now));
+    send({{"ok", true}, {"keys", list}});
+    return;
+  }
+
+  // ---- presence and lists (docs/CONTROL.md, "Presence and lists") ----
+  auto local_user = [&](const char* field) -> std::optional<CpimAddress> {
+    auto user = user_address(request.value(field, json()));
+    if (!user || !messages_->is_local_user(user->user, user->domain)) {
+      send(refusal("unknown-user", fmt::format("\"{}\" must be a local user (user@domain)", field)));
+      return std::nullopt;
+    }
+    return user;
+  };
+  auto any_user = [&](const char* field) -> std::optional<CpimAddress> {
+    auto user = user_address(request.value(field, json()));
+    if (!user) send(refusal("bad-request", fmt::format("\"{}\" must be user@domain or pres:user@domain", field)));
+    return user;
+  };
+  auto answer = [send](Status s) {
+    if (!s) return (void)send(refusal("store", s.error().message));
+    send({{"ok", true}});
+  };
+
+  if (command == "presence-set") {
+    auto user = local_user("user");
+    if (!user) return;
+    json status = request.value("status", json());
+    if (status != "open" && status != "closed") {
+      return (void)send(refusal("bad-request", "\"status\" must be \"open\" or \"closed\""));
+    }
+    json note = request.value("note", json(""));
+    if (!note.is_string()) return (void)send(refusal("bad-request", "\"note\" must be a string"));
+    std::string owner = user->user + "@" + user->domain;
+    presence_->publish(owner, status == "open", note.get<std::string>(), [send](Status s) {
+      if (!s) {
+        bool bad_note = s.error().message.starts_with("the note");
+        return (void)send(refusal(bad_note ? "bad-request" : "store", s.error().message));
+      }
+      send({{"ok", true}});
+    });
+    return;
+  }
+
+  if (command == "presence-get") {
+    auto who = any_user("presentity");
+    if (!who) return;
+    std::string presentity = "pres:" + who->user + "@" + who->domain;
+    json out = {{"ok", true}, {"presentity", presentity}, {"document", nullptr}, {"basic", nullptr},
+                {"note", nullptr}, {"updated", nullptr}};
+    if (auto seen = presence_->get(presentity)) {
+      PresenceSummary summary = summarize_pidf(seen->document);
+      out["document"] = seen->document;
+      if (!summary.basic.empty()) out["basic"] = summary.basic;
+      out["note"] = summary.note;
+      out["updated"] = rfc3339(seen->updated);
+    }
+    send(out);
+    return;
+  }
+
+  if (command == "watch" || command == "unwatch") {
+    auto watcher = local_user("watcher");
+    if (!watcher) return;
+    auto presentity = any_user("presentity");
+    if (!presentity) return;
+    std::string w = "pres:" + watcher->user + "@" + watcher->domain;
+    std::string p = "pres:" + presentity->user + "@" + presentity->domain;
+    if (command == "unwatch") return presence_->unwatch(w, p, answer);
+    presence_->watch(w, p, [send](Status s) {
+      if (!s) {
+        bool limit = s.error().message.find("the most it keeps") != std::string::npos;
+        return (void)send(refusal(limit ? "limit" : "store", s.error().message));
+      }
+      send({{"ok", true}});
+    });
+    return;
+  }
+
+  if (command == "acl-set") {
+    auto user = local_user("user");
+    if (!user) return;
+    std::optional<AccessList> list;
+    if (auto it = request.find("list"); it != request.end() && it->is_string()) {
+      list = access_list_from_string(it->get<std::string>());
+    }
+    if (!list) return (void)send(refusal("bad-request", "\"list\" must be \"presence\" or \"inbox\""));
+    auto pattern_it = request.find("pattern");
+    if (pattern_it == request.end() || !pattern_it->is_string()) {
+      return (void)send(refusal("bad-request", "\"pattern\" must be user@domain or *@domain"));
+    }
+    Result<std::string> pattern = normalize_access_pattern(pattern_it->get<std::string>());
+    if (!pattern) return (void)send(refusal("bad-request", pattern.error().message));
+    std::optional<AccessVerdict> verdict;
+    json v = request.value("verdict", json());
+    if (v == "allow") {
+      verdict = AccessVerdict::Allow;
+    } else if (v == "deny") {
+      verdict = AccessVerdict::Deny;
+    } else if (!v.is_null()) {
+      return (void)send(refusal("bad-request", "\"verdict\" must be \"allow\", \"deny\" or null (remove)"));
+    }
+    presence_->change_access(user->user + "@" + user->domain, *list, *pattern, verdict, answer);
+    return;
+  }
+
+  if (command == "acl") {
+    auto user = local_user("user");
+    if (!user) return;
+    std::string owner = user->user + "@" + user->domain;
+    json out = {{"ok", true}, {"user", owner}};
+    for (AccessList list : {AccessList::Presence, AccessList::Inbox}) {
+      json entries = json::array();
+      for (const AccessEntry& e : access_->entries(owner, list)) {
+        entries.push_back({{"pattern", e.pattern}, {"verdict", std::string(access_verdict_name(e.verdict))}});
+      }
+      out[std::string(access_list_name(list))] = entries;
+    }
+    out["presence_default"] = config_.access.presence_allow ? "allow" : "deny";
+    out["inbox_default"] = config_.access.inbox_allow ? "allow" : "deny";
+    json watchers = json::array();
+    for (const PresenceService::Watcher& w : presence_->watchers(owner)) {
+      watchers.push_back({{"uri", w.uri}, {"remote", w.remote}, {"authorized", w.authorized}});
+    }
+    out["watchers"] = watchers;
+    out["watching"] = presence_->watching("pres:" + owner);
+    send(out);
     return;
   }
 

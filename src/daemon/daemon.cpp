@@ -44,7 +44,23 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
   handlers.on_session_closed = [raw, user_closed](const SessionInfo& info, const std::string& reason) {
     raw->on_session_closed(info);
     if (raw->messages_) raw->messages_->session_closed(info);
+    if (raw->presence_) raw->presence_->session_closed(info);
     if (user_closed) user_closed(info, reason);
+  };
+  auto user_established = std::move(handlers.on_established);
+  handlers.on_established = [raw, user_established](const SessionInfo& info) {
+    if (raw->messages_) raw->messages_->session_up(info);
+    if (raw->presence_) raw->presence_->session_up(info);
+    if (user_established) user_established(info);
+  };
+  auto user_notify = std::move(handlers.on_notify);
+  handlers.on_notify = [raw, user_notify](const SessionInfo& info, const NotifyPayload& notify) {
+    if (raw->presence_) raw->presence_->notify_received(info, notify);
+    if (user_notify) user_notify(info, notify);
+  };
+  // docs/STORE.md, "Presence": NOTIFYs reach authorized watchers only.
+  handlers.may_watch = [raw](const std::string& watcher, const std::string& presentity) {
+    return raw->presence_ && raw->presence_->may_watch(watcher, presentity);
   };
   // docs/STORE.md, "Inbox": committed before the ACK.
   auto user_message = handlers.on_message;
@@ -65,7 +81,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
                                             std::chrono::seconds(7 * 86400), 2 * daemon->config_.delivery.lifetime)});
   if (!store) return store.error();
   daemon->store_ = std::move(store).value();
-  daemon->messages_ = std::make_unique<MessageService>(loop, *daemon->node_, *daemon->store_, daemon->config_);
+  daemon->access_ = std::make_unique<AccessLists>(daemon->config_.access);
+  daemon->messages_ =
+      std::make_unique<MessageService>(loop, *daemon->node_, *daemon->store_, *daemon->access_, daemon->config_);
+  daemon->presence_ = std::make_unique<PresenceService>(loop, *daemon->node_, *daemon->store_, *daemon->messages_,
+                                                        *daemon->access_, daemon->config_);
+  daemon->presence_->load([raw](Status loaded) { raw->on_loaded(std::move(loaded)); });
   auto control = ControlSocket::open(loop, daemon->config_.control,
                                      [raw](const nlohmann::json& request, ControlSocket::Send send) {
                                        raw->on_control(request, send);
@@ -85,6 +106,7 @@ Daemon::~Daemon() {
   control_.reset();
   links_.clear();
   if (node_) node_->close_all("node shutting down");  // ERROR Shutdown and close_notify on every session
+  presence_.reset();
   messages_.reset();
   node_.reset();
   store_.reset();  // what was queued to it is committed first
@@ -133,6 +155,7 @@ Status Daemon::reload(NodeConfig next) {
   config_ = std::move(next);
   apply_peers(peers);
   messages_->reconfigure(config_);
+  presence_->reconfigure(config_);
   node_->revalidate();
   return ok_status();
 }
@@ -204,6 +227,17 @@ void Daemon::schedule(PeerLink& link) {
       },
       static_cast<std::uint64_t>(link.backoff.count()), 0);
   link.backoff = std::min(link.backoff * 2, kMaxBackoff);
+}
+
+void Daemon::on_loaded(Status loaded) {
+  if (!loaded) {
+    log_at(LogLevel::Error, "store {}: cannot read lists, presence and watches: {}; the node refuses messages",
+           config_.store.path.string(), loaded.error().message);
+    load_error_ = loaded.error();
+  }
+  auto early = std::move(early_requests_);
+  early_requests_.clear();
+  for (auto& [request, send] : early) on_control(request, send);
 }
 
 void Daemon::on_session_closed(const SessionInfo& info) {

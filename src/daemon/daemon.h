@@ -16,8 +16,10 @@
 #include "config/node_config.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver.h"
+#include "daemon/access_lists.h"
 #include "daemon/control_socket.h"
 #include "daemon/message_service.h"
+#include "daemon/presence_service.h"
 #include "federation/node.h"
 #include "store/store.h"
 
@@ -47,6 +49,9 @@ class Daemon {
   Node& node() { return *node_; }
   MessageStore& store() { return *store_; }
   MessageService& messages() { return *messages_; }
+  PresenceService& presence() { return *presence_; }
+  /// The store's lists, presence and watches are read (shortly after start).
+  bool ready() const { return presence_ && presence_->ready(); }
   KeyCache& cache() { return *cache_; }
   KeyResolver& resolver() { return *resolver_; }
   const NodeConfig& config() const { return config_; }
@@ -61,6 +66,7 @@ class Daemon {
   void apply_peers(const std::vector<StaticPeer>& peers);
   /// One request from the control socket (docs/CONTROL.md).
   void on_control(const nlohmann::json& request, const ControlSocket::Send& send);
+  void on_loaded(Status loaded);
 
   uv_loop_t* loop_;
   NodeConfig config_;
@@ -69,7 +75,12 @@ class Daemon {
   std::unique_ptr<KeyCache> cache_;
   std::unique_ptr<Node> node_;
   std::unique_ptr<MessageStore> store_;
+  std::unique_ptr<AccessLists> access_;
   std::unique_ptr<MessageService> messages_;
+  std::unique_ptr<PresenceService> presence_;
+  /// Control requests that came before the store was read, answered once it is.
+  std::vector<std::pair<nlohmann::json, ControlSocket::Send>> early_requests_;
+  std::optional<Error> load_error_;
   std::unique_ptr<ControlSocket> control_;
   std::vector<std::unique_ptr<PeerLink>> links_;
   bool stopping_ = false;

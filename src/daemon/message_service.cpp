@@ -4,7 +4,10 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <chrono>
+#include <ctime>
 
 #include "common/log.h"
 
@@ -53,7 +56,60 @@ std::string domain_of(const std::string& address) {
 
 std::vector<std::uint8_t> bytes_of(std::string_view text) { return {text.begin(), text.end()}; }
 
+constexpr std::string_view kCountersKind = "peer-counters";  // domain -> "in out"
+/// Peer domains counted at most (docs/SECURITY.md §3): each needs its own keys.
+constexpr std::size_t kMaxCountedPeers = 10000;
+
 }  // namespace
+
+bool wants_notification(const CpimMessage& message, std::string_view kind) {
+  const CpimHeader* header = message.find(kImdnNamespace, "Disposition-Notification");
+  if (header == nullptr) return false;
+  std::string_view rest = header->value;
+  while (!rest.empty()) {
+    auto comma = rest.find(',');
+    std::string_view token = rest.substr(0, comma);
+    while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+    while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+    if (token.size() == kind.size() &&
+        std::equal(token.begin(), token.end(), kind.begin(),
+                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; })) {
+      return true;
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+std::vector<std::uint8_t> make_delivery_notification(const CpimMessage& original, const std::string& original_id,
+                                                      const std::string& recipient, std::string_view status,
+                                                      const std::string& id) {
+  std::time_t seconds = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char now[32];
+  std::strftime(now, sizeof now, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  // The original's DateTime passed the strict reader (RFC 3339): safe in XML.
+  std::string datetime = original.datetime ? *original.datetime : std::string(now);
+  std::string xml = fmt::format(
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n"
+      "<imdn xmlns=\"urn:ietf:params:xml:ns:imdn\">\r\n"
+      "<message-id>{}</message-id>\r\n"
+      "<datetime>{}</datetime>\r\n"
+      "<recipient-uri>{}</recipient-uri>\r\n"
+      "<original-recipient-uri>{}</original-recipient-uri>\r\n"
+      "<delivery-notification><status><{}/></status></delivery-notification>\r\n"
+      "</imdn>\r\n",
+      original_id, datetime, recipient, recipient, status);
+  // Addresses and ids passed the strict reader and valid_id(): no characters
+  // that need escaping in XML or CPIM.
+  std::string text = fmt::format(
+      "From: <{}>\r\nTo: <{}>\r\nNS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: {}\r\nDateTime: {}\r\n\r\n"
+      "Content-Type: message/imdn+xml\r\nContent-Disposition: notification\r\nContent-Length: {}\r\n\r\n{}",
+      recipient, original.from.uri, id, now, xml.size(), xml);
+  return bytes_of(text);
+}
 
 std::optional<std::string> message_id(const CpimMessage& message) {
   const CpimHeader* header = message.find(kImdnNamespace, "Message-ID");
@@ -82,16 +138,61 @@ Result<std::vector<std::uint8_t>> with_message_id(std::vector<std::uint8_t> cpim
   return cpim;
 }
 
-MessageService::MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const NodeConfig& config)
-    : loop_(loop), node_(node), store_(store), jitter_(std::random_device{}()) {
+MessageService::MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const AccessLists& access,
+                               const NodeConfig& config)
+    : loop_(loop), node_(node), store_(store), access_(access), jitter_(std::random_device{}()) {
   reconfigure(config);
   timer_ = make_uv_handle<uv_timer_t>();
   uv_timer_init(loop, timer_.get());
   timer_->data = this;
   schedule_pass(std::chrono::milliseconds(0));  // what was queued before a restart
+  totals_timer_ = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop, totals_timer_.get());
+  totals_timer_->data = this;
+  store_.records(std::string(kCountersKind), [this, alive = alive_](auto records) {
+    if (!*alive || !records) return;
+    for (const auto& [domain, value] : *records) {
+      unsigned long long in = 0, out = 0;
+      if (std::sscanf(value.c_str(), "%llu %llu", &in, &out) == 2) {
+        totals_[domain].first += in;
+        totals_[domain].second += out;
+      }
+    }
+  });
 }
 
-MessageService::~MessageService() { *alive_ = false; }
+MessageService::~MessageService() {
+  save_counters();  // queued to the store, which commits it before it closes
+  *alive_ = false;
+}
+
+std::pair<std::uint64_t, std::uint64_t> MessageService::peer_totals(const std::string& domain) const {
+  auto it = totals_.find(domain);
+  return it == totals_.end() ? std::pair<std::uint64_t, std::uint64_t>{0, 0} : it->second;
+}
+
+// Counted in memory and written every few seconds: a counter is not worth a
+// commit per message, and a crash loses at most those seconds of counting.
+void MessageService::count(const std::string& domain, bool inbound) {
+  if (totals_.size() >= kMaxCountedPeers && totals_.count(domain) == 0) return;
+  auto& [in, out] = totals_[domain];
+  ++(inbound ? in : out);
+  dirty_totals_.insert(domain);
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(totals_timer_.get()))) {
+    uv_timer_start(totals_timer_.get(), [](uv_timer_t* t) { static_cast<MessageService*>(t->data)->save_counters(); },
+                   5000, 0);
+  }
+}
+
+void MessageService::save_counters() {
+  for (const std::string& domain : dirty_totals_) {
+    const auto& [in, out] = totals_[domain];
+    store_.put_record(std::string(kCountersKind), domain, fmt::format("{} {}", in, out), [](Status s) {
+      if (!s) log_at(LogLevel::Warning, "store: per-peer counters not saved: {}", s.error().message);
+    });
+  }
+  dirty_totals_.clear();
+}
 
 void MessageService::reconfigure(const NodeConfig& config) {
   users_.clear();
@@ -112,6 +213,9 @@ bool MessageService::is_local_user(const std::string& user, const std::string& d
 }
 
 void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply reply) {
+  if (!access_.loaded()) {
+    return reply(NackPayload{0, NackCode::TemporaryFailure, "the node is starting: its lists are not read yet"});
+  }
   std::string id;
   if (auto given = message_id(m.message); given && valid_id(*given)) {
     id = *given;
@@ -123,83 +227,162 @@ void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply rep
     SHA256(m.cpim.data(), m.cpim.size(), digest);
     id = "sha256:" + hex(digest, sizeof digest);
   }
+  // Each recipient is a user here whose inbox lets the sender in, or is
+  // refused; the others get their copy (docs/STORE.md, "Inbox").
   std::vector<InboxMessage> copies;
+  std::vector<std::pair<std::string, std::string>> refused;  // (recipient URI, status for IMDN)
+  std::optional<NackPayload> refusal;
   std::set<std::string> owners;
+  const CpimAddress& from = m.message.from;
   for (const auto* list : {&m.message.to, &m.message.cc}) {
     for (const CpimAddress& to : *list) {
-      if (!is_local_user(to.user, to.domain)) {
-        return reply(NackPayload{0, NackCode::UnknownRecipient, fmt::format("{} is not a user here", to.uri)});
-      }
       std::string owner = to.user + "@" + to.domain;
       if (!owners.insert(owner).second) continue;
-      copies.push_back({id, owner, m.message.from.uri, to.uri, m.session.peer_domain,
+      if (!is_local_user(to.user, to.domain)) {
+        refused.emplace_back(to.uri, "failed");
+        if (!refusal || refusal->code != NackCode::UnknownRecipient) {
+          refusal = NackPayload{0, NackCode::UnknownRecipient, fmt::format("{} is not a user here", to.uri)};
+        }
+        continue;
+      }
+      if (!access_.allowed(owner, AccessList::Inbox, from.user, from.domain)) {
+        refused.emplace_back(to.uri, "forbidden");
+        if (!refusal) {
+          refusal = NackPayload{0, NackCode::NotAuthorized,
+                                fmt::format("{} does not take messages from {}", to.uri, from.uri)};
+        }
+        continue;
+      }
+      copies.push_back({id, owner, from.uri, to.uri, m.session.peer_domain,
                         std::string(to_string(m.session.decision)), now_ms(), m.cpim});
     }
   }
-  std::string from = m.message.from.uri, to = m.message.to.front().uri, decision(to_string(m.session.decision));
+  // Refusals are told back as notifications when asked for (RFC 5438).
+  if (wants_notification(m.message, "negative-delivery")) {
+    for (const auto& [recipient, status] : refused) send_notice(m.message, id, recipient, status);
+  }
+  if (copies.empty()) {
+    log_at(LogLevel::Info, "message {} from {} refused: {}", id, from.uri, refusal->text);
+    return reply(*refusal);
+  }
+  std::string to = copies.front().to, decision(to_string(m.session.decision));
   std::size_t size = m.cpim.size();
-  store_.accept_inbound(m.session.peer_domain, copies,
-                        [this, alive = alive_, reply, copies, from, to, decision, size](Result<Acceptance> r) {
-                          if (!r) {
-                            log_at(LogLevel::Error, "message {} -> {} not stored: {}", from, to, r.error().message);
-                            return reply(NackPayload{0, NackCode::TemporaryFailure, "the store cannot take it now"});
-                          }
-                          // Addresses passed the strict CPIM reader: a restricted alphabet.
-                          log_at(LogLevel::Info, "message {} -> {} ({} bytes, sender domain {}){}", from, to, size,
-                                 decision, *r == Acceptance::Duplicate ? ": a replay, not stored again" : "");
-                          reply(std::nullopt);
-                          if (*alive && *r == Acceptance::Stored) announce(copies);
-                        });
+  bool positive = wants_notification(m.message, "positive-delivery");
+  auto original = std::make_shared<CpimMessage>(m.message);
+  store_.accept_inbound(
+      m.session.peer_domain, copies,
+      [this, alive = alive_, reply, copies, to, decision, size, positive, original, id](Result<Acceptance> r) {
+        const std::string& sender = original->from.uri;
+        if (!r) {
+          log_at(LogLevel::Error, "message {} -> {} not stored: {}", sender, to, r.error().message);
+          return reply(NackPayload{0, NackCode::TemporaryFailure, "the store cannot take it now"});
+        }
+        // Addresses passed the strict CPIM reader: a restricted alphabet.
+        log_at(LogLevel::Info, "message {} -> {} ({} bytes, sender domain {}){}", sender, to, size, decision,
+               *r == Acceptance::Duplicate ? ": a replay, not stored again" : "");
+        reply(std::nullopt);
+        if (!*alive || *r != Acceptance::Stored) return;
+        count(copies.front().peer_domain, true);
+        announce(copies);
+        if (positive) {
+          for (const InboxMessage& copy : copies) send_notice(*original, id, copy.to, "delivered");
+        }
+      });
 }
 
 void MessageService::submit(std::vector<std::uint8_t> cpim,
                             std::function<void(std::variant<Submitted, SubmitError>)> done) {
   auto refuse = [&](Refusal why, std::string text) { done(SubmitError{why, std::move(text)}); };
+  if (!access_.loaded()) return refuse(Refusal::Starting, "the node is starting: try again in a moment");
   Result<CpimMessage> parsed = parse_cpim(cpim);
   if (!parsed) return refuse(Refusal::BadMessage, "not a valid message/cpim: " + parsed.error().message);
-  static const CpimHeaderName kUnderstood[] = {{kImdnNamespace, "Message-ID"}, {kImdnNamespace, "Disposition-Notification"}};
-  if (Status s = check_required(*parsed, kUnderstood); !s) return refuse(Refusal::BadMessage, s.error().message);
+  if (Status s = check_required(*parsed, imdn_header_names()); !s) return refuse(Refusal::BadMessage, s.error().message);
   const CpimAddress& from = parsed->from;
   if (!is_local_user(from.user, from.domain)) {
     return refuse(Refusal::NotLocalUser, fmt::format("{} is not a local user of this node", from.uri));
   }
   auto fixed = with_message_id(std::move(cpim), *parsed);
   if (!fixed) return refuse(Refusal::BadMessage, fixed.error().message);
+  // A MESSAGE frame holds a 4-byte id and the bytes; one that a peer would
+  // refuse as too large could never be delivered (docs/STORE.md, "Submission").
+  if (std::size_t most = node_.settings().limits.max_frame_size - 4; fixed->size() > most) {
+    return refuse(Refusal::BadMessage,
+                  fmt::format("the message is {} bytes with its Message-ID; a MESSAGE frame carries at most {}",
+                              fixed->size(), most));
+  }
   Result<CpimMessage> final_form = parse_cpim(*fixed);
   if (!final_form) return refuse(Refusal::BadMessage, "not a valid message/cpim: " + final_form.error().message);
   std::string id = *message_id(*final_form);
+  for (const auto* list : {&final_form->to, &final_form->cc}) {
+    for (const CpimAddress& to : *list) {
+      if (users_.count(to.domain) == 0) continue;
+      if (!is_local_user(to.user, to.domain)) {
+        return refuse(Refusal::UnknownRecipient, fmt::format("{} is not a user here", to.uri));
+      }
+      if (!access_.allowed(to.user + "@" + to.domain, AccessList::Inbox, from.user, from.domain)) {
+        return refuse(Refusal::NotAuthorized, fmt::format("{} does not take messages from {}", to.uri, from.uri));
+      }
+    }
+  }
+  auto original = std::make_shared<CpimMessage>(*final_form);
+  enqueue(id, *final_form, *fixed,
+          [this, alive = alive_, id, original, done](Result<Acceptance> r, std::vector<InboxMessage> local) {
+            if (!r) return done(SubmitError{Refusal::Store, r.error().message});
+            done(Submitted{id, *r == Acceptance::Duplicate});
+            if (!*alive || *r == Acceptance::Duplicate) return;
+            if (wants_notification(*original, "positive-delivery")) {
+              for (const InboxMessage& copy : local) send_notice(*original, id, copy.to, "delivered");
+            }
+          });
+}
 
+void MessageService::enqueue(const std::string& id, const CpimMessage& message, const std::vector<std::uint8_t>& cpim,
+                             std::function<void(Result<Acceptance>, std::vector<InboxMessage>)> done) {
   UnixMs now = now_ms();
+  const CpimAddress& from = message.from;
   std::vector<InboxMessage> local;
   std::map<std::string, OutboundMessage> remote;
   std::set<std::string> owners;
-  for (const auto* list : {&final_form->to, &final_form->cc}) {
+  for (const auto* list : {&message.to, &message.cc}) {
     for (const CpimAddress& to : *list) {
       if (users_.count(to.domain) != 0) {
-        if (!is_local_user(to.user, to.domain)) {
-          return refuse(Refusal::UnknownRecipient, fmt::format("{} is not a user here", to.uri));
-        }
         std::string owner = to.user + "@" + to.domain;
-        if (owners.insert(owner).second) {
-          local.push_back({id, owner, from.uri, to.uri, from.domain, "local", now, *fixed});
+        if (is_local_user(to.user, to.domain) && owners.insert(owner).second) {
+          local.push_back({id, owner, from.uri, to.uri, from.domain, "local", now, cpim});
         }
       } else if (remote.count(to.domain) == 0) {
         remote[to.domain] = {id, from.user + "@" + from.domain, to.domain, now,
                              now + std::chrono::duration_cast<std::chrono::milliseconds>(delivery_.lifetime).count(),
-                             *fixed};
+                             cpim};
       }
     }
   }
   std::vector<OutboundMessage> outbound;
-  for (auto& [domain, message] : remote) outbound.push_back(std::move(message));
-  store_.submit(from.domain, id, local, outbound,
-                [this, alive = alive_, id, local, done](Result<Acceptance> r) {
-                  if (!r) return done(SubmitError{Refusal::Store, r.error().message});
-                  done(Submitted{id, *r == Acceptance::Duplicate});
-                  if (!*alive || *r == Acceptance::Duplicate) return;
-                  announce(local);
-                  schedule_pass(std::chrono::milliseconds(0));
-                });
+  for (auto& [domain, m] : remote) outbound.push_back(std::move(m));
+  store_.submit(from.domain, id, local, outbound, [this, alive = alive_, local, done](Result<Acceptance> r) {
+    if (r && *alive && *r == Acceptance::Stored) {
+      announce(local);
+      schedule_pass(std::chrono::milliseconds(0));
+    }
+    done(std::move(r), local);
+  });
+}
+
+void MessageService::send_notice(const CpimMessage& original, const std::string& original_id,
+                                 const std::string& recipient, std::string_view status) {
+  std::string notice_id = new_message_id();
+  std::vector<std::uint8_t> cpim = make_delivery_notification(original, original_id, recipient, status, notice_id);
+  Result<CpimMessage> parsed = parse_cpim(cpim);
+  if (!parsed) {  // our own bytes: a bug, not an input
+    log_at(LogLevel::Error, "delivery notification for {} does not parse: {}", original_id, parsed.error().message);
+    return;
+  }
+  enqueue(notice_id, *parsed, cpim, [notice_id, original_id, status = std::string(status)](Result<Acceptance> r, auto) {
+    if (!r) {
+      log_at(LogLevel::Error, "delivery notification {} ({}) for {} not queued: {}", notice_id, status, original_id,
+             r.error().message);
+    }
+  });
 }
 
 void MessageService::announce(const std::vector<InboxMessage>& copies) {
@@ -256,6 +439,12 @@ void MessageService::deliver(const QueueEntry& entry) {
   if (connecting_.count(route) == 0) connect(route.first, route.second);
 }
 
+void MessageService::open_session(const std::string& local_domain, const std::string& to_domain) {
+  std::pair<std::string, std::string> route{local_domain, to_domain};
+  if (routes_.count(route) != 0 || connecting_.count(route) != 0) return;
+  connect(local_domain, to_domain);
+}
+
 void MessageService::connect(const std::string& local_domain, const std::string& to_domain) {
   std::pair<std::string, std::string> route{local_domain, to_domain};
   connecting_.insert(route);
@@ -288,16 +477,25 @@ void MessageService::connect(const std::string& local_domain, const std::string&
 void MessageService::send_on(std::uint64_t session, const QueueEntry& entry) {
   const OutboundMessage& m = entry.message;
   in_flight_.insert({m.id, m.to_domain});
-  Status sent = node_.send_message(session, m.cpim, [this, alive = alive_, entry](Status r) {
+  auto alive = alive_;
+  Status sent = node_.send_message(session, m.cpim, [this, alive, entry](Status r) {
     if (!*alive) return;
     const OutboundMessage& msg = entry.message;
-    in_flight_.erase({msg.id, msg.to_domain});
     if (r) {
-      store_.mark_delivered(msg.id, msg.to_domain, now_ms(), [id = msg.id, to = msg.to_domain](Status s) {
-        if (!s) log_at(LogLevel::Error, "delivery: {} to {} ACKed but not marked: {}", id, to, s.error().message);
-      });
+      count(msg.to_domain, false);
+      // Still in flight until the mark is committed: a pass that reads the
+      // entry as queued meanwhile must not send it a second time.
+      store_.mark_delivered(msg.id, msg.to_domain, now_ms(),
+                            [this, alive, id = msg.id, to = msg.to_domain](Status s) {
+                              if (*alive) in_flight_.erase({id, to});
+                              if (!s) {
+                                log_at(LogLevel::Error, "delivery: {} to {} ACKed but not marked: {}", id, to,
+                                       s.error().message);
+                              }
+                            });
       return;
     }
+    in_flight_.erase({msg.id, msg.to_domain});
     const std::string& text = r.error().message;
     // NACK RateLimited (4) and TemporaryFailure (7), and a session that
     // closed before answering, are tried again; any other NACK is final.

@@ -23,6 +23,7 @@
 #include "common/result.h"
 #include "common/uv_handle.h"
 #include "config/node_config.h"
+#include "daemon/access_lists.h"
 #include "federation/node.h"
 #include "store/store.h"
 
@@ -38,9 +39,24 @@ std::optional<std::string> message_id(const CpimMessage& message);
 /// are fixed.
 Result<std::vector<std::uint8_t>> with_message_id(std::vector<std::uint8_t> cpim, const CpimMessage& parsed);
 
+/// RFC 5438 §7.1.3: does the message's imdn.Disposition-Notification ask
+/// for `kind` ("positive-delivery", "negative-delivery")?
+bool wants_notification(const CpimMessage& message, std::string_view kind);
+
+/// The delivery notification (RFC 5438 §7.2.1.1, message/imdn+xml) that
+/// `recipient` (an im: URI) sends back to the sender of `original` (whose
+/// Message-ID is `original_id`): `status` is "delivered", "failed" or
+/// "forbidden". Its own Message-ID is `id`; it asks for no notification.
+std::vector<std::uint8_t> make_delivery_notification(const CpimMessage& original, const std::string& original_id,
+                                                      const std::string& recipient, std::string_view status,
+                                                      const std::string& id);
+
 class MessageService {
  public:
-  MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const NodeConfig& config);
+  /// `access` (the inbox lists) must outlive the service; until it is
+  /// loaded, inbound messages are answered TemporaryFailure.
+  MessageService(uv_loop_t* loop, Node& node, MessageStore& store, const AccessLists& access,
+                 const NodeConfig& config);
   ~MessageService();
   MessageService(const MessageService&) = delete;
   MessageService& operator=(const MessageService&) = delete;
@@ -51,7 +67,7 @@ class MessageService {
   void accept_inbound(const DeliveredMessage& message, DeliveryReply reply);
 
   /// Why a submission was refused, for the control socket's "status".
-  enum class Refusal { BadMessage, NotLocalUser, UnknownRecipient, Store };
+  enum class Refusal { BadMessage, NotLocalUser, UnknownRecipient, Store, NotAuthorized, Starting };
   struct Submitted {
     std::string id;
     bool duplicate = false;
@@ -68,9 +84,17 @@ class MessageService {
   /// Is `user@domain` a user of a hosted domain?
   bool is_local_user(const std::string& user, const std::string& domain) const;
 
+  /// Opens a session as `local_domain` to `to_domain` ([[peers]] or
+  /// discovery) unless one is up or being opened; presence uses it too.
+  void open_session(const std::string& local_domain, const std::string& to_domain);
+
   /// Called by the daemon when a session is established or closed.
   void session_up(const SessionInfo& session);
   void session_closed(const SessionInfo& session);
+
+  /// Messages accepted from and delivered to `domain` since the store was
+  /// created (docs/STORE.md, "Per-peer counters"): (in, out).
+  std::pair<std::uint64_t, std::uint64_t> peer_totals(const std::string& domain) const;
 
   /// Every new inbox entry, for "follow" (owner, entry).
   using InboxListener = std::function<void(const InboxMessage&)>;
@@ -88,10 +112,22 @@ class MessageService {
   void connect(const std::string& local_domain, const std::string& to_domain);
   std::chrono::milliseconds backoff(int attempts);
   void announce(const std::vector<InboxMessage>& copies);
+  void count(const std::string& domain, bool inbound);
+  void save_counters();
+  /// Queues a message the node itself writes (a delivery notification) from
+  /// `from`, a user of a hosted domain, without the checks a user's
+  /// submission gets.
+  void send_notice(const CpimMessage& original, const std::string& original_id, const std::string& recipient,
+                   std::string_view status);
+  /// Routes a message with a fixed identity: copies for local recipients,
+  /// one queue entry per remote domain; then commits them.
+  void enqueue(const std::string& id, const CpimMessage& message, const std::vector<std::uint8_t>& cpim,
+               std::function<void(Result<Acceptance>, std::vector<InboxMessage>)> done);
 
   uv_loop_t* loop_;
   Node& node_;
   MessageStore& store_;
+  const AccessLists& access_;
   std::map<std::string, std::vector<std::string>> users_;
   std::vector<StaticPeer> peers_;
   DeliverySettings delivery_;
@@ -104,6 +140,9 @@ class MessageService {
   std::map<std::uint64_t, InboxListener> listeners_;
   std::uint64_t next_listener_ = 1;
   std::mt19937_64 jitter_;
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> totals_;
+  std::set<std::string> dirty_totals_;
+  UvHandle<uv_timer_t> totals_timer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  ///< for callbacks that outlive this
 };
 

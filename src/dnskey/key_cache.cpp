@@ -275,4 +275,13 @@ void KeyCache::on_answer(const std::string& domain, DomainKeys answer) {
   }
 }
 
+std::vector<std::shared_ptr<const CachedKeys>> KeyCache::entries() const {
+  std::vector<std::shared_ptr<const CachedKeys>> out;
+  for (const auto& [domain, entry] : entries_) {
+    if (entry.current) out.push_back(entry.current);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a->answer.domain < b->answer.domain; });
+  return out;
+}
+
 }  // namespace keyfed

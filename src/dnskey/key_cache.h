@@ -130,6 +130,8 @@ class KeyCache {
   KeyResolver& resolver() { return resolver_; }
   const KeyCacheConfig& config() const { return config_; }
   std::size_t size() const { return entries_.size(); }
+  /// Every entry, by domain (for `keyfed keys`).
+  std::vector<std::shared_ptr<const CachedKeys>> entries() const;
   /// Estimated memory of the entries, as counted against max_bytes.
   std::size_t bytes() const { return bytes_; }
   /// The cache's clock (injected in tests).

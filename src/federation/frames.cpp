@@ -194,6 +194,7 @@ std::vector<std::uint8_t> encode_presence(FrameType type, const PresenceRequest&
 }
 std::vector<std::uint8_t> encode_notify(const NotifyPayload& notify) {
   Writer w;
+  w.short_string(notify.watcher);
   w.short_string(notify.presentity);
   w.text(notify.document);
   return w.frame(FrameType::Notify);
@@ -253,7 +254,7 @@ Result<PresenceRequest> parse_presence(std::span<const std::uint8_t> payload) {
 Result<NotifyPayload> parse_notify(std::span<const std::uint8_t> payload) {
   Reader r(payload);
   NotifyPayload n;
-  if (!r.short_string(n.presentity)) return truncated("NOTIFY");
+  if (!r.short_string(n.watcher) || !r.short_string(n.presentity)) return truncated("NOTIFY");
   n.document = r.rest_text();
   return n;
 }

@@ -32,7 +32,7 @@ enum class FrameType : std::uint8_t {
   Nack = 0x12,         ///< id, reason code, text
   Subscribe = 0x20,    ///< id, watcher, presentity
   Unsubscribe = 0x21,  ///< id, watcher, presentity
-  Notify = 0x22,       ///< presentity, presence document
+  Notify = 0x22,       ///< watcher, presentity, presence document
   Ping = 0x30,         ///< opaque bytes (at most 64)
   Pong = 0x31,         ///< the ping's bytes
   Unsupported = 0x3e,  ///< the type byte that was not understood
@@ -115,6 +115,7 @@ struct PresenceRequest {  // SUBSCRIBE and UNSUBSCRIBE
   std::string presentity;  ///< URI of the watched user (this node's domain)
 };
 struct NotifyPayload {
+  std::string watcher;     ///< the one watcher (of the receiving domain) it is for
   std::string presentity;
   std::string document;  ///< presence document, opaque here
 };

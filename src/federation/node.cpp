@@ -425,11 +425,16 @@ void Node::established(PeerSession& session) {
   const SessionInfo& info = session.info();
   // A session admitted without a proved key (no-keys or insecure peers the
   // policy accepts) stays a stranger for the budgets, and pays as one.
-  if (info.direction != Direction::Inbound || !proved_key(info.decision) || !session.last_answer()) return;
-  uncount(info.id);
-  count(info.id, {Account::Kind::Peer, session.source(), key_principal(session.last_answer()->answer)});
-  // The connection was legitimate work: its token goes back.
-  connection_rate_.refund(session.source());
+  if (info.direction == Direction::Inbound && proved_key(info.decision) && session.last_answer()) {
+    uncount(info.id);
+    count(info.id, {Account::Kind::Peer, session.source(), key_principal(session.last_answer()->answer)});
+    // The connection was legitimate work: its token goes back.
+    connection_rate_.refund(session.source());
+  }
+  if (handlers_.on_established) {
+    SessionInfo copy = info;  // the handler may close the session
+    handlers_.on_established(copy);
+  }
 }
 
 void Node::closed(PeerSession& session, const std::string& reason) {
@@ -459,6 +464,11 @@ void Node::deliver(const SessionInfo& session, CpimMessage message, std::vector<
       }
     }
   }
+  // RFC 3862 §3.3.11: a header the sender requires and we do not implement
+  // refuses the message (docs/PROTOCOL.md §5.1).
+  if (Status s = check_required(message, imdn_header_names()); !s) {
+    return reply(NackPayload{0, NackCode::MalformedMessage, s.error().message});
+  }
   if (handlers_.deliver) return handlers_.deliver({session, std::move(message), std::move(cpim)}, std::move(reply));
   if (handlers_.on_message) handlers_.on_message({session, std::move(message), std::move(cpim)});
   reply(std::nullopt);
@@ -481,7 +491,10 @@ std::optional<NackPayload> Node::presence_request(const SessionInfo& session, Fr
   return std::nullopt;
 }
 
-const std::string& Node::notify_document(const std::string& presentity) { return presence_.document(presentity); }
+std::optional<std::string> Node::notify_document(const std::string& watcher, const std::string& presentity) {
+  if (handlers_.may_watch && !handlers_.may_watch(watcher, presentity)) return std::nullopt;
+  return presence_.document(presentity);
+}
 
 void Node::notify_received(const SessionInfo& session, const NotifyPayload& notify) {
   if (handlers_.on_notify) handlers_.on_notify(session, notify);
@@ -681,10 +694,23 @@ Status Node::unsubscribe(std::uint64_t session_id, const std::string& watcher, c
 }
 
 void Node::set_presence(const std::string& presentity, const std::string& document) {
-  std::vector<std::uint8_t> frame = encode_notify({presentity, document});
-  for (std::uint64_t id : presence_.publish(presentity, document)) {
-    if (PeerSession* session = find(id)) session->send_frame(frame);
+  presence_.publish(presentity, document);
+  for (const auto& [id, watcher] : presence_.watchers(presentity)) {
+    if (handlers_.may_watch && !handlers_.may_watch(watcher, presentity)) continue;
+    if (PeerSession* session = find(id)) session->send_frame(encode_notify({watcher, presentity, document}));
   }
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> Node::watchers(const std::string& presentity) const {
+  return presence_.watchers(presentity);
+}
+
+Status Node::notify(std::uint64_t session_id, const std::string& watcher, const std::string& presentity,
+                    const std::string& document) {
+  Result<PeerSession*> session = established_session(session_id);
+  if (!session) return session.error();
+  (*session)->send_frame(encode_notify({watcher, presentity, document}));
+  return ok_status();
 }
 
 void Node::close_session(std::uint64_t session_id, const std::string& reason) {

@@ -78,6 +78,11 @@ class Node final : private SessionHost {
     /// the store committed it). Without it the node ACKs at once.
     std::function<void(const DeliveredMessage&, DeliveryReply)> deliver;
     std::function<void(const SessionInfo&, const NotifyPayload&)> on_notify;
+    /// A session is established (either direction).
+    std::function<void(const SessionInfo&)> on_established;
+    /// Whether `watcher` may see `presentity`'s presence now (docs/STORE.md,
+    /// "Presence"): NOTIFYs go to authorized watchers only. Unset: all may.
+    std::function<bool(const std::string& watcher, const std::string& presentity)> may_watch;
     std::function<void(const SessionInfo&, const std::string& reason)> on_session_closed;
     /// One JSON object per authentication decision (default: the log, log_audit()).
     std::function<void(const std::string&)> audit;
@@ -127,8 +132,14 @@ class Node final : private SessionHost {
   Status send_message(std::uint64_t session_id, std::vector<std::uint8_t> cpim, SendCallback callback);
   Status subscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity);
   Status unsubscribe(std::uint64_t session_id, const std::string& watcher, const std::string& presentity);
-  /// Sets a hosted user's presence and notifies its subscribers.
+  /// Sets a hosted user's presence and notifies its authorized subscribers.
   void set_presence(const std::string& presentity, const std::string& document);
+  /// The peers' watchers of a hosted presentity: (session, watcher URI).
+  std::vector<std::pair<std::uint64_t, std::string>> watchers(const std::string& presentity) const;
+  /// One NOTIFY to one watcher on one session (e.g. the final "closed" one
+  /// when its authorization is withdrawn).
+  Status notify(std::uint64_t session_id, const std::string& watcher, const std::string& presentity,
+                const std::string& document);
 
   void close_session(std::uint64_t session_id, const std::string& reason);
   /// Closes every session (SIGTERM) with an ERROR Shutdown frame.
@@ -184,7 +195,7 @@ class Node final : private SessionHost {
                DeliveryReply reply) override;
   std::optional<NackPayload> presence_request(const SessionInfo& session, FrameType type,
                                               const PresenceRequest& request) override;
-  const std::string& notify_document(const std::string& presentity) override;
+  std::optional<std::string> notify_document(const std::string& watcher, const std::string& presentity) override;
   void notify_received(const SessionInfo& session, const NotifyPayload& notify) override;
   void closed(PeerSession& session, const std::string& reason) override;
 

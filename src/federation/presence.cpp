@@ -16,7 +16,7 @@ Status PresenceBook::subscribe(std::uint64_t session, const std::string& watcher
   }
   held.emplace(watcher, presentity);
   ++total_;
-  ++watching_[presentity][session];
+  watching_[presentity].emplace(session, watcher);
   return ok_status();
 }
 
@@ -27,8 +27,7 @@ void PresenceBook::unsubscribe(std::uint64_t session, const std::string& watcher
   if (held->second.empty()) by_session_.erase(held);
   auto sessions = watching_.find(presentity);
   if (sessions == watching_.end()) return;
-  auto count = sessions->second.find(session);
-  if (count != sessions->second.end() && --count->second == 0) sessions->second.erase(count);
+  sessions->second.erase({session, watcher});
   if (sessions->second.empty()) watching_.erase(sessions);
 }
 
@@ -39,19 +38,20 @@ void PresenceBook::drop_session(std::uint64_t session) {
   for (const auto& [watcher, presentity] : held->second) {
     auto sessions = watching_.find(presentity);
     if (sessions == watching_.end()) continue;
-    sessions->second.erase(session);
+    sessions->second.erase({session, watcher});
     if (sessions->second.empty()) watching_.erase(sessions);
   }
   by_session_.erase(held);
 }
 
-std::vector<std::uint64_t> PresenceBook::publish(const std::string& presentity, std::string document) {
+void PresenceBook::publish(const std::string& presentity, std::string document) {
   documents_[presentity] = std::move(document);
-  std::vector<std::uint64_t> out;
-  if (auto it = watching_.find(presentity); it != watching_.end()) {
-    for (const auto& [session, count] : it->second) out.push_back(session);
-  }
-  return out;
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> PresenceBook::watchers(const std::string& presentity) const {
+  auto it = watching_.find(presentity);
+  if (it == watching_.end()) return {};
+  return {it->second.begin(), it->second.end()};
 }
 
 const std::string& PresenceBook::document(const std::string& presentity) const {

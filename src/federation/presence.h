@@ -30,8 +30,10 @@ class PresenceBook {
   /// Forgets every subscription of a session that closed.
   void drop_session(std::uint64_t session);
 
-  /// Sets a presentity's document; returns the sessions watching it, each once.
-  std::vector<std::uint64_t> publish(const std::string& presentity, std::string document);
+  /// Sets a presentity's document.
+  void publish(const std::string& presentity, std::string document);
+  /// Who watches `presentity`: (session, watcher) pairs.
+  std::vector<std::pair<std::uint64_t, std::string>> watchers(const std::string& presentity) const;
   /// The current document, or empty when none was published.
   const std::string& document(const std::string& presentity) const;
 
@@ -47,8 +49,8 @@ class PresenceBook {
   std::size_t max_total_;
   std::size_t total_ = 0;
   std::map<std::string, std::string> documents_;
-  // presentity -> session -> number of watchers on that session
-  std::unordered_map<std::string, std::map<std::uint64_t, std::size_t>> watching_;
+  // presentity -> (session, watcher)
+  std::unordered_map<std::string, std::set<std::pair<std::uint64_t, std::string>>> watching_;
   // session -> (watcher, presentity)
   std::unordered_map<std::uint64_t, std::set<std::pair<std::string, std::string>>> by_session_;
 };

@@ -1,5 +1,6 @@
 #include "federation/session.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "common/log.h"
@@ -352,6 +353,9 @@ void PeerSession::established() {
   if (closing()) return;
   state_ = State::Established;
   info_.established = true;
+  info_.established_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
   reader_.set_max_frame_size(host_.limits().max_frame_size);
   host_.established(*this);
   log_at(LogLevel::Info, "session {} {} {} <-> {} ({}) established: {}", info_.id, to_string(info_.direction),
@@ -392,7 +396,10 @@ void PeerSession::on_message(const Frame& frame) {
                   auto alive = self.lock();
                   if (!alive || *alive == nullptr) return;
                   PeerSession* session = *alive;
-                  if (!refusal) return session->send_frame(encode_ack(id));
+                  if (!refusal) {
+                    ++session->info_.messages_in;
+                    return session->send_frame(encode_ack(id));
+                  }
                   refusal->id = id;
                   if (session->may_log()) {
                     log_at(LogLevel::Info, "session {} ({}): NACK message {}: {}", session->info_.id,
@@ -417,6 +424,7 @@ void PeerSession::on_answer(FrameType type, const Frame& frame) {
   }
   auto it = pending_acks_.find(id);
   if (it == pending_acks_.end()) return;  // late answer; harmless
+  if (status) ++info_.messages_out;
   SendCallback callback = std::move(it->second);
   pending_acks_.erase(it);
   if (callback) callback(std::move(status));
@@ -432,7 +440,9 @@ void PeerSession::on_presence(const Frame& frame) {
   }
   send_frame(encode_ack(request->id));
   if (type == FrameType::Subscribe) {
-    send_frame(encode_notify({request->presentity, host_.notify_document(request->presentity)}));
+    if (auto document = host_.notify_document(request->watcher, request->presentity)) {
+      send_frame(encode_notify({request->watcher, request->presentity, *document}));
+    }
   }
 }
 
@@ -440,10 +450,12 @@ void PeerSession::on_notify(const Frame& frame) {
   auto notify = parse_notify(frame.payload);
   if (!notify) return close(notify.error().message, ErrorCode::ProtocolViolation);
   auto presentity = parse_user_uri(notify->presentity, UriScheme::Pres);
-  if (!presentity || presentity->domain != info_.peer_domain) {
+  auto watcher = parse_user_uri(notify->watcher, UriScheme::Pres);
+  if (!presentity || presentity->domain != info_.peer_domain || !watcher || watcher->domain != info_.local_domain) {
     if (may_log()) {
-      log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY for {}: not a presentity of the peer domain",
-             info_.id, info_.peer_domain, untrusted(notify->presentity));
+      log_at(LogLevel::Warning, "session {} ({}): dropped NOTIFY of {} for {}: not a presentity of the peer domain "
+             "for a watcher of this one",
+             info_.id, info_.peer_domain, untrusted(notify->presentity), untrusted(notify->watcher));
     }
     return;
   }

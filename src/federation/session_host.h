@@ -38,6 +38,9 @@ struct SessionInfo {
   std::optional<FederationKey> peer_key;  ///< the key the peer proved it holds
   bool established = false;
   std::uint64_t key_updates = 0;  ///< TLS KeyUpdates this side requested
+  std::int64_t established_at_ms = 0;  ///< Unix time in ms; 0 before
+  std::uint64_t messages_in = 0;   ///< MESSAGEs from the peer this side ACKed
+  std::uint64_t messages_out = 0;  ///< MESSAGEs to the peer it ACKed
 };
 
 /// The answer to a MESSAGE: nothing (ACK) or a NACK.
@@ -81,7 +84,9 @@ class SessionHost {
   /// for SUBSCRIBE the current NOTIFY from notify_document()).
   virtual std::optional<NackPayload> presence_request(const SessionInfo& session, FrameType type,
                                                       const PresenceRequest& request) = 0;
-  virtual const std::string& notify_document(const std::string& presentity) = 0;
+  /// The document `watcher` may see now, or nothing when the presentity does
+  /// not authorize it (docs/STORE.md, "Presence"): no NOTIFY is sent then.
+  virtual std::optional<std::string> notify_document(const std::string& watcher, const std::string& presentity) = 0;
   /// A NOTIFY from the peer whose presentity is of the peer's domain.
   virtual void notify_received(const SessionInfo& session, const NotifyPayload& notify) = 0;
 
