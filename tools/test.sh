@@ -47,6 +47,7 @@ done
 echo "== bench smoke run (figures are not checked)"
 "$src/build/bench/bench_key_lookup" "$src/build/testbed" --quick
 "$src/build/bench/bench_federation" "$src/build/testbed" --quick
+"$src/build/bench/bench_store" "$src/build/testbed" --quick
 "$src/bench/load.sh" "$src/build/testbed" --quick
 
 echo

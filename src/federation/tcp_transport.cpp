@@ -138,9 +138,11 @@ void TcpTransport::start_reading() {
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&handles_->tcp),
       [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
-        // One buffer for every connection: the loop is single-threaded and
-        // the session consumes what arrived before the callback returns.
-        static char buffer[64 * 1024];
+        // One buffer for every connection of a loop: a loop is single-threaded
+        // and the session consumes what arrived before the callback returns.
+        // Per thread, so that nodes on loops of other threads in the same
+        // process (bench_store's two daemons) do not read into it too.
+        static thread_local char buffer[64 * 1024];
         *buf = uv_buf_init(buffer, sizeof buffer);
       },
       [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
