@@ -229,6 +229,7 @@ TEST_CASE("presence: subscribe, notify on change, and binding of notifications",
   REQUIRE(beta.node->subscribe(session->id, "pres:bob@beta.test", "pres:alice@alpha.test").ok());
   loop.run_until([&] { return beta.notified.size() == 1; });
   CHECK(beta.notified[0].document == "<presence>online</presence>");
+  CHECK(beta.notified[0].watcher == "pres:bob@beta.test");  // addressed to its one watcher
   alpha.node->set_presence("pres:alice@alpha.test", "<presence>away</presence>");
   loop.run_until([&] { return beta.notified.size() == 2; });
   CHECK(beta.notified[1].document == "<presence>away</presence>");

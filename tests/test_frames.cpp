@@ -52,9 +52,13 @@ TEST_CASE("every typed frame survives a round trip", "[frames]") {
   CHECK(sub->watcher == "pres:a@x.test");
   CHECK(sub->presentity == "pres:b@y.test");
 
-  auto notify = parse_notify(only_frame(encode_notify({"pres:b@y.test", "<presence/>"})).payload);
+  auto notify =
+      parse_notify(only_frame(encode_notify({"pres:a@x.test", "pres:b@y.test", "<presence/>"})).payload);
   REQUIRE(notify.ok());
+  CHECK(notify->watcher == "pres:a@x.test");
+  CHECK(notify->presentity == "pres:b@y.test");
   CHECK(notify->document == "<presence/>");
+  CHECK_FALSE(parse_notify(std::vector<std::uint8_t>{0, 1, 'x'}).ok());  // the presentity missing
 
   auto error = parse_error(only_frame(encode_error({ErrorCode::KeyRevoked, "gone"})).payload);
   REQUIRE(error.ok());

@@ -335,10 +335,11 @@ TEST_CASE("finding 4: subscriptions per session, frames before CLAIM and rate bu
     CHECK_THAT(full.error().message, Catch::Contains("max_subscriptions"));
     book.drop_session(3);
     CHECK(book.subscriptions() == 3);
-    CHECK(book.publish("pres:alice@alpha.test", "open") == std::vector<std::uint64_t>{1, 2});
-    CHECK(book.publish("pres:bob@alpha.test", "open") == std::vector<std::uint64_t>{2});
+    using Watchers = std::vector<std::pair<std::uint64_t, std::string>>;
+    CHECK(book.watchers("pres:alice@alpha.test") == Watchers{{1, "pres:w@beta.test"}, {2, "pres:y@gamma.test"}});
+    CHECK(book.watchers("pres:bob@alpha.test") == Watchers{{2, "pres:x@gamma.test"}});
     book.drop_session(2);
-    CHECK(book.publish("pres:bob@alpha.test", "closed").empty());
+    CHECK(book.watchers("pres:bob@alpha.test").empty());
     CHECK(book.subscriptions_of(2) == 0);
   }
 }
