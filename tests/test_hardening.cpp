@@ -155,6 +155,10 @@ TEST_CASE("finding 2: a peer cannot smuggle another sender past the strict CPIM 
        NackCode::UnknownRecipient},
       {"a From of another domain", "From: <im:ceo@alpha.test>\r\nTo: <im:alice@alpha.test>\r\n" + body,
        NackCode::SenderNotPeer},
+      {"a Require the node does not implement (RFC 3862 3.3.11)",
+       "From: <im:m@beta.test>\r\nTo: <im:alice@alpha.test>\r\nNS: x <urn:example:x>\r\nRequire: x.Vital\r\n"
+       "x.Vital: yes\r\n" + body,
+       NackCode::MalformedMessage},
   };
   auto tls = client_tls(fedkey("beta-new"));
   std::vector<AckResult> answers(attacks.size());
@@ -172,6 +176,7 @@ TEST_CASE("finding 2: a peer cannot smuggle another sender past the strict CPIM 
     REQUIRE(answers[i].status == AckResult::Status::Nack);
     CHECK(answers[i].nack->code == attacks[i].code);
   }
+  CHECK_THAT(answers.back().nack->text, Catch::Contains("Vital"));  // the NACK names what it does not implement
   CHECK(legit.ok());  // the session survives bad messages
   REQUIRE(alpha.delivered.size() == 1);
   CHECK(alpha.delivered[0].message.from.uri == "im:bob@beta.test");

@@ -1,6 +1,8 @@
 // Messages carried for users (docs/STORE.md), end to end: two `keyfed run`
 // nodes with their SQLite stores, the CLI speaking to each node's control
 // socket. Real processes, real TLS on loopback, real database files.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -10,7 +12,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cstring>
+#include <regex>
+
+#include <fmt/format.h>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -209,4 +215,77 @@ TEST_CASE("a control client that sends garbage or leaves mid-command gets an err
   CHECK(inbox_of(alpha, "alice@alpha.test").size() == 1);
   // The node still serves.
   CHECK(std::get<0>(cli({"queue", "--config", alpha.string()})) == 0);
+}
+
+TEST_CASE("bogus and temp-fail destinations are deferred, never downgraded, and never contacted", "[messaging][store]") {
+  TempDir dir;
+  // A plain listener stands for every destination: nothing may connect to it.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 16) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  std::string port = std::to_string(ntohs(addr.sin_port));
+  std::string peers;
+  for (const char* domain : {"tampered.test", "expired.test", "example.com"}) {
+    peers += fmt::format("[[peers]]\ndomain = \"{}\"\naddress = \"127.0.0.1\"\nport = {}\n", domain, port);
+  }
+  auto alpha = write_node_config(dir, fedkey("alpha-1"), "alpha.test",
+                                 "users = [\"alice\"]\n[delivery]\nretry_first_s = 1\nretry_max_s = 1\n" + peers);
+  Child node({"keyfed", "run", "--config", alpha.string()});
+  REQUIRE_FALSE(node.wait_for(std::regex("control socket")).empty());
+  auto message = write_file(dir, "m.cpim",
+                            "From: <im:alice@alpha.test>\r\nTo: <im:bob@tampered.test>\r\nTo: <im:eve@expired.test>\r\n"
+                            "To: <im:carol@example.com>\r\n\r\nhello");
+  auto [status, out, err] = cli({"send", "--config", alpha.string(), message});
+  INFO(err);
+  REQUIRE(status == 0);
+  // Each domain tried again and again, each time refused before any connection.
+  REQUIRE(eventually([&] {
+    auto q = queue_of(alpha);
+    return q.size() == 3 && std::all_of(q.begin(), q.end(), [](const auto& e) { return e["attempts"] >= 3; });
+  }));
+  for (const auto& e : queue_of(alpha)) {
+    INFO(e.dump());
+    CHECK(e["state"] == "queued");
+    const std::string error = e["last_error"];
+    if (e["to_domain"] == "example.com") {
+      CHECK_THAT(error, Catch::Contains("temp-fail"));
+    } else {
+      CHECK_THAT(error, Catch::Contains("bogus"));
+    }
+  }
+  CHECK(::accept(listener, nullptr, nullptr) < 0);  // never contacted
+  CHECK(errno == EAGAIN);
+  ::close(listener);
+}
+
+TEST_CASE("a message not delivered within its lifetime is given up once, with a notice in the sender's inbox",
+          "[messaging][store]") {
+  TempDir dir;
+  int dark = free_port();  // nothing listens there
+  auto alpha = write_node_config(dir, fedkey("alpha-1"), "alpha.test",
+                                 "users = [\"alice\"]\n[delivery]\nretry_first_s = 1\nretry_max_s = 1\nlifetime_s = 3\n"
+                                 "[[peers]]\ndomain = \"beta.test\"\naddress = \"127.0.0.1\"\nport = " +
+                                     std::to_string(dark) + "\n");
+  Child node({"keyfed", "run", "--config", alpha.string()});
+  REQUIRE_FALSE(node.wait_for(std::regex("control socket")).empty());
+  auto message = write_file(dir, "m.cpim", "From: <im:alice@alpha.test>\r\nTo: <im:bob@beta.test>\r\n\r\nhello");
+  auto [status, out, err] = cli({"send", "--config", alpha.string(), "--json", message});
+  REQUIRE(status == 0);
+  std::string id = nlohmann::json::parse(out)["id"];
+  REQUIRE(eventually([&] { return queue_of(alpha)[0]["state"] == "failed"; }));
+  auto q = queue_of(alpha);
+  CHECK(q[0]["attempts"] >= 1);
+  CHECK_THAT(q[0]["last_error"].get<std::string>(), Catch::Contains("lifetime"));
+  auto inbox = inbox_of(alpha, "alice@alpha.test");
+  REQUIRE(inbox.size() == 1);
+  CHECK(inbox[0]["from"] == "im:postmaster@alpha.test");
+  CHECK_THAT(inbox[0]["cpim"].get<std::string>(), Catch::Contains(id));
+  CHECK_THAT(inbox[0]["cpim"].get<std::string>(), Catch::Contains("was not delivered"));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  CHECK(inbox_of(alpha, "alice@alpha.test").size() == 1);  // once
 }
