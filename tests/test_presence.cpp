@@ -312,3 +312,21 @@ TEST_CASE("a peer's message with a Require the node does not implement is refuse
   CHECK(status == static_cast<int>(ExitStatus::BadInput));
   CHECK_THAT(err, Catch::Contains("Vital"));
 }
+
+TEST_CASE("a message to users of several domains reaches every one of them, once", "[messaging][store]") {
+  TempDir dir;
+  Pair nodes(dir);
+  nodes.start_alpha();
+  nodes.start_beta();
+  auto both = write_file(dir, "both.cpim",
+                         "From: <im:alice@alpha.test>\r\nTo: <im:bob@beta.test>\r\ncc: <im:alice@alpha.test>\r\n\r\nto all");
+  std::string id = json::parse(ok({"send", "--config", nodes.alpha.string(), "--json", both}))["id"];
+  REQUIRE(eventually([&] { return queue_of(nodes.alpha)[0]["state"] == "delivered"; }));
+  json bob = inbox_of(nodes.beta, "bob@beta.test");
+  REQUIRE(bob.size() == 1);
+  CHECK(bob[0]["id"] == id);
+  json alice = inbox_of(nodes.alpha, "alice@alpha.test");
+  REQUIRE(alice.size() == 1);
+  CHECK(alice[0]["id"] == id);
+  CHECK(alice[0]["cpim"] == bob[0]["cpim"]);  // the same bytes on both sides
+}

@@ -236,6 +236,7 @@ void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply rep
   const CpimAddress& from = m.message.from;
   for (const auto* list : {&m.message.to, &m.message.cc}) {
     for (const CpimAddress& to : *list) {
+      if (users_.count(to.domain) == 0) continue;  // another domain's: its own node takes it
       std::string owner = to.user + "@" + to.domain;
       if (!owners.insert(owner).second) continue;
       if (!is_local_user(to.user, to.domain)) {

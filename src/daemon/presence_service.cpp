@@ -158,6 +158,14 @@ void PresenceService::load(std::function<void(Status)> done) {
             if (space != std::string::npos) watches_.emplace(key.substr(0, space), key.substr(space + 1));
           }
           ready_ = true;
+          // Peers' watchers that subscribed while the lists were being read
+          // got no NOTIFY (nobody is authorized before): the authorized ones
+          // get the current state now.
+          for (const auto& [presentity, seen] : published_) {
+            for (const auto& [session, watcher] : node_.watchers(presentity)) {
+              if (may_watch(watcher, presentity)) (void)node_.notify(session, watcher, presentity, seen.document);
+            }
+          }
           // Sessions that came up while loading get their subscriptions now.
           for (const auto& s : node_.sessions()) {
             if (s.established) session_up(s);

@@ -456,13 +456,16 @@ bool Node::take_message_token(const SessionInfo& session) {
 
 void Node::deliver(const SessionInfo& session, CpimMessage message, std::vector<std::uint8_t> cpim,
                    DeliveryReply reply) {
-  // docs/PROTOCOL.md §5: every recipient (To and cc) must be hosted here.
+  // docs/PROTOCOL.md §5: at least one recipient (To or cc) is hosted here.
+  // A message to users of several domains goes, whole, to each of them;
+  // each takes it for its own users and leaves the others to theirs.
+  bool hosted = false;
   for (const auto* list : {&message.to, &message.cc}) {
-    for (const CpimAddress& recipient : *list) {
-      if (!identity(recipient.domain)) {
-        return reply(NackPayload{0, NackCode::UnknownRecipient, fmt::format("{} is not hosted here", recipient.uri)});
-      }
-    }
+    for (const CpimAddress& recipient : *list) hosted = hosted || identity(recipient.domain) != nullptr;
+  }
+  if (!hosted) {
+    return reply(NackPayload{0, NackCode::UnknownRecipient,
+                             fmt::format("no recipient is hosted here (first: {})", message.to.front().uri)});
   }
   // RFC 3862 §3.3.11: a header the sender requires and we do not implement
   // refuses the message (docs/PROTOCOL.md §5.1).
