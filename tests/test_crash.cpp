@@ -29,8 +29,9 @@
 // 2000; a quarter as many go beta -> alpha), KEYFED_CRASH_KILLS (kill rounds
 // at least, default 12; 6 under AddressSanitizer), KEYFED_CRASH_SEED (the
 // kill schedule; printed at every run), KEYFED_CRASH_DEADLINE_S (how long the
-// queues may take to drain at the end, default 90), KEYFED_CRASH_KEEP_DIR (a
-// directory to copy the nodes' logs, configs and databases into).
+// queues may take to drain at the end, default 90; 180 under AddressSanitizer),
+// KEYFED_CRASH_KEEP_DIR (a directory to copy the nodes' logs, configs and
+// databases into when the test fails).
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
