@@ -108,7 +108,7 @@ TEST_CASE("hostile peer: a claim without the domain's key is refused with ERROR 
   });
   REQUIRE(tls.ok);
   CHECK(tls.version == "TLSv1.3");
-  CHECK(tls.alpn == "keyfed/1");
+  CHECK(tls.alpn == "keyfed/2");
   CHECK_FALSE(tls.server_spki.empty());
   CHECK(claim.status == ClaimStatus::Refused);
   REQUIRE(claim.error);

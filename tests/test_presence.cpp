@@ -133,15 +133,17 @@ TEST_CASE("presence reaches allowed watchers only; a withdrawn watcher gets one 
   CHECK(shows(nodes.alpha, "pres:alice@alpha.test", "open", "at <lunch> & back soon"));
   ok({"watch", "--config", beta, "bob@beta.test", "pres:alice@alpha.test"});
 
-  // presence_default is deny: bob's subscription is taken, nothing is shown to him.
+  // presence_default is deny: bob's subscription is taken, and he is shown
+  // only "closed" (polite blocking), never alice's state.
   REQUIRE(eventually([&] { return acl_of(nodes.alpha, "alice@alpha.test")["watchers"].size() == 1; }));
   json acl = acl_of(nodes.alpha, "alice@alpha.test");
   CHECK(acl["watchers"][0]["uri"] == "pres:bob@beta.test");
   CHECK(acl["watchers"][0]["remote"] == true);
   CHECK(acl["watchers"][0]["authorized"] == false);
   CHECK(acl["presence_default"] == "deny");
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  CHECK(presence_of(nodes.beta, "alice@alpha.test")["document"].is_null());
+  REQUIRE(eventually([&] { return !presence_of(nodes.beta, "alice@alpha.test")["document"].is_null(); }));
+  CHECK(shows(nodes.beta, "alice@alpha.test", "closed", ""));
+  CHECK_THAT(presence_of(nodes.beta, "alice@alpha.test")["document"].get<std::string>(), !Catch::Contains("lunch"));
   CHECK(acl_of(nodes.beta, "bob@beta.test")["watching"] == json::array({"pres:alice@alpha.test"}));
 
   // Allowed: the current state at once, then every change.

@@ -87,8 +87,10 @@ TEST_CASE("keyfed send delivers one message, and reports refusals with distinct 
     return path.string();
   };
   std::string hello = message("hello.cpim", cpim_message("im:bob@beta.test", "im:alice@alpha.test", "hello"));
+  // The receiver does not implement what this one Requires: NACK MalformedMessage.
   std::string stray = message("stray.cpim",
-                              "From: <im:bob@beta.test>\r\nTo: <im:alice@alpha.test>\r\nTo: <im:dave@delta.test>\r\n\r\nhi");
+                              "From: <im:bob@beta.test>\r\nTo: <im:alice@alpha.test>\r\nNS: x <urn:example:x>\r\n"
+                              "Require: x.Vital\r\nx.Vital: yes\r\n\r\nhi");
   std::string foreign = message("foreign.cpim", cpim_message("im:carol@gamma.test", "im:alice@alpha.test", "hi"));
 
   auto send = [&](const std::filesystem::path& config, const std::string& file) {
@@ -110,7 +112,7 @@ TEST_CASE("keyfed send delivers one message, and reports refusals with distinct 
 
   auto [nacked, nack_out, nack_err] = send(beta, stray);
   CHECK(nacked == static_cast<int>(ExitStatus::Refused));
-  CHECK_THAT(nack_err, Catch::Contains("NACK 2"));
+  CHECK_THAT(nack_err, Catch::Contains("NACK 3"));
 
   auto [refused, refused_out, refused_err] = send(impostor, hello);
   CHECK(refused == static_cast<int>(ExitStatus::NoSession));

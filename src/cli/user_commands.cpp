@@ -149,7 +149,10 @@ ExitStatus run_peers(const UserCommandOptions& options, std::ostream& out, std::
   }
   for (const json& p : peers) {
     out << printable(p["peer_domain"]) << "  " << printable(p["direction"]) << "  " << printable(p["decision"])
-        << "  " << printable(p["address"]) << (p.value("established", false) ? "" : "  (handshake)") << "\n";
+        << "  key tag " << (p["key_tag"].is_null() ? std::string("-") : printable(p["key_tag"])) << "  since "
+        << (p["since"].is_null() ? std::string("(handshake)") : printable(p["since"])) << "  messages in "
+        << printable(p["messages_in"]) << " out " << printable(p["messages_out"]) << "  (all time in "
+        << printable(p["total_in"]) << " out " << printable(p["total_out"]) << ")  " << printable(p["address"]) << "\n";
   }
   return ExitStatus::Ok;
 }

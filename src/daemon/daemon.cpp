@@ -62,6 +62,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
   handlers.may_watch = [raw](const std::string& watcher, const std::string& presentity) {
     return raw->presence_ && raw->presence_->may_watch(watcher, presentity);
   };
+  handlers.withheld_document = [](const std::string& presentity) { return make_pidf(presentity, false, ""); };
   // docs/STORE.md, "Inbox": committed before the ACK.
   auto user_message = handlers.on_message;
   handlers.deliver = [raw, user_message](const DeliveredMessage& m, DeliveryReply reply) {
@@ -105,6 +106,7 @@ Daemon::~Daemon() {
   stopping_ = true;
   control_.reset();
   links_.clear();
+  if (presence_) presence_->stop();
   if (node_) node_->close_all("node shutting down");  // ERROR Shutdown and close_notify on every session
   presence_.reset();
   messages_.reset();
@@ -118,6 +120,7 @@ void Daemon::shutdown(const std::string& reason) {
   stopping_ = true;
   control_.reset();
   links_.clear();
+  presence_->stop();
   node_->close_all(reason);
 }
 

@@ -56,6 +56,34 @@ std::string domain_of(const std::string& address) {
 
 std::vector<std::uint8_t> bytes_of(std::string_view text) { return {text.begin(), text.end()}; }
 
+/// Delivery notifications a peer domain's messages may make this node send
+/// in a minute (docs/STORE.md, "Delivery notifications").
+constexpr int kNoticesPerMinute = 600;
+
+std::string xml_text(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&apos;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// A delivery notification of ours: its MIME object is message/imdn+xml.
+bool is_notice(const std::vector<std::uint8_t>& cpim) {
+  Result<CpimMessage> parsed = parse_cpim(cpim);
+  if (!parsed) return false;
+  auto body = parsed->mime_object(cpim);
+  constexpr std::string_view kType = "Content-Type: message/imdn+xml\r\n";
+  return body.size() >= kType.size() && std::equal(kType.begin(), kType.end(), body.begin());
+}
+
 constexpr std::string_view kCountersKind = "peer-counters";  // domain -> "in out"
 /// Peer domains counted at most (docs/SECURITY.md §3): each needs its own keys.
 constexpr std::size_t kMaxCountedPeers = 10000;
@@ -90,8 +118,7 @@ std::vector<std::uint8_t> make_delivery_notification(const CpimMessage& original
   gmtime_r(&seconds, &tm);
   char now[32];
   std::strftime(now, sizeof now, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  // The original's DateTime passed the strict reader (RFC 3339): safe in XML.
-  std::string datetime = original.datetime ? *original.datetime : std::string(now);
+  std::string datetime = xml_text(original.datetime ? *original.datetime : std::string(now));
   std::string xml = fmt::format(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n"
       "<imdn xmlns=\"urn:ietf:params:xml:ns:imdn\">\r\n"
@@ -101,9 +128,9 @@ std::vector<std::uint8_t> make_delivery_notification(const CpimMessage& original
       "<original-recipient-uri>{}</original-recipient-uri>\r\n"
       "<delivery-notification><status><{}/></status></delivery-notification>\r\n"
       "</imdn>\r\n",
-      original_id, datetime, recipient, recipient, status);
-  // Addresses and ids passed the strict reader and valid_id(): no characters
-  // that need escaping in XML or CPIM.
+      xml_text(original_id), datetime, xml_text(recipient), xml_text(recipient), status);
+  // Addresses and ids passed the strict reader and valid_id(): nothing in
+  // them ends a CPIM header (user parts may hold '&' and '\'', escaped above).
   std::string text = fmt::format(
       "From: <{}>\r\nTo: <{}>\r\nNS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: {}\r\nDateTime: {}\r\n\r\n"
       "Content-Type: message/imdn+xml\r\nContent-Disposition: notification\r\nContent-Length: {}\r\n\r\n{}",
@@ -258,9 +285,19 @@ void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply rep
                         std::string(to_string(m.session.decision)), now_ms(), m.cpim});
     }
   }
-  // Refusals are told back as notifications when asked for (RFC 5438).
-  if (wants_notification(m.message, "negative-delivery")) {
-    for (const auto& [recipient, status] : refused) send_notice(m.message, id, recipient, status);
+  // Refusals are told back as notifications when asked for (RFC 5438):
+  // only to a peer that proved its key (a notice goes to the sender's domain
+  // and must not be reflected to a domain someone merely claimed), only for
+  // a message with an identity of its own (a notice names it), only "failed"
+  // for a user we do not have (a refusal by the owner's list is not told:
+  // nothing is sent to a sender the owner keeps out), within a budget per
+  // peer domain (docs/STORE.md, "Delivery notifications").
+  if (wants_notification(m.message, "negative-delivery") && may_notify(m)) {
+    for (const auto& [recipient, status] : refused) {
+      if (status == "failed" && take_notice_budget(m.session.peer_domain)) {
+        send_notice(m.message, id, recipient, status);
+      }
+    }
   }
   if (copies.empty()) {
     log_at(LogLevel::Info, "message {} from {} refused: {}", id, from.uri, refusal->text);
@@ -268,7 +305,7 @@ void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply rep
   }
   std::string to = copies.front().to, decision(to_string(m.session.decision));
   std::size_t size = m.cpim.size();
-  bool positive = wants_notification(m.message, "positive-delivery");
+  bool positive = wants_notification(m.message, "positive-delivery") && may_notify(m);
   auto original = std::make_shared<CpimMessage>(m.message);
   store_.accept_inbound(
       m.session.peer_domain, copies,
@@ -286,7 +323,9 @@ void MessageService::accept_inbound(const DeliveredMessage& m, DeliveryReply rep
         count(copies.front().peer_domain, true);
         announce(copies);
         if (positive) {
-          for (const InboxMessage& copy : copies) send_notice(*original, id, copy.to, "delivered");
+          for (const InboxMessage& copy : copies) {
+            if (take_notice_budget(copy.peer_domain)) send_notice(*original, id, copy.to, "delivered");
+          }
         }
       });
 }
@@ -367,6 +406,24 @@ void MessageService::enqueue(const std::string& id, const CpimMessage& message, 
     }
     done(std::move(r), local);
   });
+}
+
+bool MessageService::may_notify(const DeliveredMessage& m) const {
+  return proved_key(m.session.decision) && message_id(m.message).has_value();
+}
+
+bool MessageService::take_notice_budget(const std::string& peer_domain) {
+  UnixMs now = now_ms();
+  if (notice_budget_.size() > 1000) {
+    std::erase_if(notice_budget_, [&](const auto& e) { return now - e.second.first >= 60000; });
+  }
+  if (notice_budget_.size() > 1000 && notice_budget_.count(peer_domain) == 0) return false;
+  auto& [window, used] = notice_budget_[peer_domain];
+  if (now - window >= 60000) {
+    window = now;
+    used = 0;
+  }
+  return used++ < kNoticesPerMinute;
 }
 
 void MessageService::send_notice(const CpimMessage& original, const std::string& original_id,
@@ -543,10 +600,13 @@ void MessageService::fail(const QueueEntry& entry, const std::string& error) {
       local_domain, m.sender, notice_id, m.id, m.to_domain, reason);
   InboxMessage notice{notice_id, m.sender, "im:postmaster@" + local_domain, "im:" + m.sender, local_domain, "local",
                       now_ms(), bytes_of(text)};
+  // A delivery notification that could not be delivered is dropped without
+  // a notice: its sender is the node, on behalf of a recipient.
+  if (is_notice(m.cpim)) notice.owner.clear();
   log_at(LogLevel::Warning, "delivery: gave up {} to {}: {}", m.id, m.to_domain, reason);
   store_.give_up(m.id, m.to_domain, now_ms(), error, notice, [this, alive = alive_, notice](Status s) {
     if (!s) return log_at(LogLevel::Error, "delivery: cannot record a failure: {}", s.error().message);
-    if (*alive) announce({notice});
+    if (*alive && !notice.owner.empty()) announce({notice});
   });
 }
 

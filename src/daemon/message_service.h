@@ -117,6 +117,8 @@ class MessageService {
   /// Queues a message the node itself writes (a delivery notification) from
   /// `from`, a user of a hosted domain, without the checks a user's
   /// submission gets.
+  bool may_notify(const DeliveredMessage& m) const;
+  bool take_notice_budget(const std::string& peer_domain);
   void send_notice(const CpimMessage& original, const std::string& original_id, const std::string& recipient,
                    std::string_view status);
   /// Routes a message with a fixed identity: copies for local recipients,
@@ -142,6 +144,7 @@ class MessageService {
   std::mt19937_64 jitter_;
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> totals_;
   std::set<std::string> dirty_totals_;
+  std::map<std::string, std::pair<UnixMs, int>> notice_budget_;  ///< peer domain -> (window start, notices)
   UvHandle<uv_timer_t> totals_timer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  ///< for callbacks that outlive this
 };

@@ -1,6 +1,7 @@
 #include "daemon/presence_service.h"
 
 #include <algorithm>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -124,6 +125,8 @@ void PresenceService::reconfigure(const NodeConfig& config) {
   retry_first_ = config.delivery.retry_first;
   retry_max_ = config.delivery.retry_max;
   access_.set_defaults(config.access);
+  // A peer holds at most this many of our subscriptions on one session.
+  max_watches_per_domain_ = config.federation.limits.max_subscriptions_per_session;
 }
 
 bool PresenceService::hosted(const std::string& domain) const { return domains_.count(domain) != 0; }
@@ -215,12 +218,20 @@ void PresenceService::watch(const std::string& watcher, const std::string& prese
   if (watches_.size() >= kMaxWatches) {
     return done(make_error("the node's users watch {} presentities already (the most it keeps)", kMaxWatches));
   }
+  std::string local = domain_of_uri(watcher), remote = domain_of_uri(presentity);
+  auto same_route = std::count_if(watches_.begin(), watches_.end(), [&](const auto& w) {
+    return domain_of_uri(w.first) == local && domain_of_uri(w.second) == remote;
+  });
+  if (!hosted(remote) && static_cast<std::size_t>(same_route) >= max_watches_per_domain_) {
+    return done(make_error("{} watches {} presentities of {} already (the most it keeps: "
+                           "max_subscriptions_per_session)",
+                           local, same_route, remote));
+  }
   store_.put_record(std::string(kWatchKind), watcher + " " + presentity, "1",
-                    [this, alive = alive_, watcher, presentity, done](Status s) {
+                    [this, alive = alive_, watcher, presentity, local, remote, done](Status s) {
                       if (!s) return done(s);
                       if (!*alive) return done(ok_status());
                       watches_.emplace(watcher, presentity);
-                      std::string local = domain_of_uri(watcher), remote = domain_of_uri(presentity);
                       if (!hosted(remote)) {
                         auto it = sessions_.find({local, remote});
                         if (it != sessions_.end() && !it->second.empty()) {
@@ -305,7 +316,12 @@ std::vector<std::string> PresenceService::watching(const std::string& watcher) c
 
 void PresenceService::session_up(const SessionInfo& session) {
   sessions_[{session.local_domain, session.peer_domain}].insert(session.id);
-  reconnect_.erase({session.local_domain, session.peer_domain});
+  // The backoff is kept: a peer that accepts and then drops sessions at
+  // once is not tried every retry_first_s (reconnect_pass forgets it once
+  // no watch needs the domain).
+  if (auto it = reconnect_.find({session.local_domain, session.peer_domain}); it != reconnect_.end()) {
+    it->second.first = std::numeric_limits<UnixMs>::max();
+  }
   if (ready_) subscribe_all(session);
 }
 
@@ -328,17 +344,24 @@ void PresenceService::session_closed(const SessionInfo& session) {
   bool needed = std::any_of(watches_.begin(), watches_.end(), [&](const auto& w) {
     return domain_of_uri(w.first) == key.first && domain_of_uri(w.second) == key.second;
   });
-  if (needed && !reconnect_.count(key)) {
-    auto first = std::chrono::duration_cast<std::chrono::milliseconds>(retry_first_);
-    reconnect_[key] = {now_ms() + first.count(), first};
-    reconnect_pass();
-  }
+  if (!needed || stopped_) return;
+  auto first = std::chrono::duration_cast<std::chrono::milliseconds>(retry_first_);
+  auto& [at, backoff] = reconnect_[key];
+  backoff = std::max(backoff, first);
+  at = now_ms() + backoff.count();
+  reconnect_pass();
 }
 
 // Opens a session to every remote domain our watchers need and have none
 // with, each on its own backoff (docs/STORE.md, "Presence").
 void PresenceService::reconnect_pass() {
-  if (!ready_) return;
+  if (!ready_ || stopped_) return;
+  // Domains no watch needs any more (unwatched) are not tried again.
+  std::erase_if(reconnect_, [&](const auto& entry) {
+    return std::none_of(watches_.begin(), watches_.end(), [&](const auto& w) {
+      return domain_of_uri(w.first) == entry.first.first && domain_of_uri(w.second) == entry.first.second;
+    });
+  });
   for (const auto& [watcher, presentity] : watches_) {
     std::pair<std::string, std::string> key{domain_of_uri(watcher), domain_of_uri(presentity)};
     if (hosted(key.second) || sessions_.count(key) != 0 || reconnect_.count(key) != 0) continue;
@@ -350,6 +373,7 @@ void PresenceService::reconnect_pass() {
   auto first = std::chrono::duration_cast<std::chrono::milliseconds>(retry_first_);
   for (auto& [key, when] : reconnect_) {
     auto& [at, backoff] = when;
+    if (sessions_.count(key) != 0) continue;  // up: nothing to open
     if (at <= now) {
       messages_.open_session(key.first, key.second);
       backoff = std::min(cap, backoff.count() == 0 ? first : backoff * 2);

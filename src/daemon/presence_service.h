@@ -63,6 +63,8 @@ class PresenceService {
   /// wait (ready()).
   void load(std::function<void(Status)> done);
   bool ready() const { return ready_; }
+  /// The node is stopping: no more sessions are opened.
+  void stop() { stopped_ = true; }
   void reconfigure(const NodeConfig& config);
 
   using Done = std::function<void(Status)>;
@@ -116,6 +118,8 @@ class PresenceService {
   std::chrono::seconds retry_first_{2};
   std::chrono::seconds retry_max_{300};
   bool ready_ = false;
+  bool stopped_ = false;
+  std::size_t max_watches_per_domain_ = 1000;
   std::map<std::string, Seen> published_;  ///< local presentities
   std::map<std::string, Seen> seen_;       ///< remote presentities: their last NOTIFY
   std::set<std::pair<std::string, std::string>> watches_;  ///< (watcher, presentity), pres: URIs

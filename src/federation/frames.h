@@ -14,9 +14,9 @@
 namespace keyfed {
 
 /// ALPN protocol name; a later version gets a new name (docs/PROTOCOL.md §1).
-inline constexpr std::string_view kAlpnProtocol = "keyfed/1";
+inline constexpr std::string_view kAlpnProtocol = "keyfed/2";
 /// The same as an ALPN protocol list on the wire (length-prefixed).
-inline constexpr unsigned char kAlpnWire[] = {8, 'k', 'e', 'y', 'f', 'e', 'd', '/', '1'};
+inline constexpr unsigned char kAlpnWire[] = {8, 'k', 'e', 'y', 'f', 'e', 'd', '/', '2'};
 static_assert(sizeof kAlpnWire == kAlpnProtocol.size() + 1 && kAlpnWire[0] == kAlpnProtocol.size());
 
 /// docs/PROTOCOL.md §3: type (1 byte) then payload length (4 bytes, big-endian).

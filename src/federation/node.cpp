@@ -481,8 +481,12 @@ std::optional<NackPayload> Node::presence_request(const SessionInfo& session, Fr
                                                   const PresenceRequest& request) {
   auto watcher = parse_user_uri(request.watcher, UriScheme::Pres);
   auto presentity = parse_user_uri(request.presentity, UriScheme::Pres);
-  if (!watcher || !presentity || watcher->domain != session.peer_domain || !identity(presentity->domain)) {
-    return NackPayload{0, NackCode::NotAuthorized, "watcher must be of the peer domain and presentity hosted here"};
+  // The presentity is of the domain this session speaks for: a peer of one
+  // hosted domain learns nothing of the others the node hosts.
+  if (!watcher || !presentity || watcher->domain != session.peer_domain || presentity->domain != session.local_domain ||
+      !identity(presentity->domain)) {
+    return NackPayload{0, NackCode::NotAuthorized,
+                       "watcher must be of the peer domain and presentity of the domain this session speaks for"};
   }
   if (type == FrameType::Unsubscribe) {
     presence_.unsubscribe(session.id, request.watcher, request.presentity);
@@ -495,7 +499,10 @@ std::optional<NackPayload> Node::presence_request(const SessionInfo& session, Fr
 }
 
 std::optional<std::string> Node::notify_document(const std::string& watcher, const std::string& presentity) {
-  if (handlers_.may_watch && !handlers_.may_watch(watcher, presentity)) return std::nullopt;
+  if (handlers_.may_watch && !handlers_.may_watch(watcher, presentity)) {
+    if (handlers_.withheld_document) return handlers_.withheld_document(presentity);
+    return std::nullopt;
+  }
   return presence_.document(presentity);
 }
 

@@ -83,6 +83,11 @@ class Node final : private SessionHost {
     /// Whether `watcher` may see `presentity`'s presence now (docs/STORE.md,
     /// "Presence"): NOTIFYs go to authorized watchers only. Unset: all may.
     std::function<bool(const std::string& watcher, const std::string& presentity)> may_watch;
+    /// What a watcher that may not see the presentity is told when it
+    /// subscribes (polite blocking: the same as a presentity that is away,
+    /// so a watcher whose authorization went while it was away learns it
+    /// too). Unset: nothing is sent.
+    std::function<std::string(const std::string& presentity)> withheld_document;
     std::function<void(const SessionInfo&, const std::string& reason)> on_session_closed;
     /// One JSON object per authentication decision (default: the log, log_audit()).
     std::function<void(const std::string&)> audit;

@@ -459,6 +459,11 @@ void PeerSession::on_notify(const Frame& frame) {
     }
     return;
   }
+  // A NOTIFY costs its sender like a MESSAGE (docs/SECURITY.md §3).
+  if (!host_.take_message_token(info_)) {
+    if (may_log()) log_at(LogLevel::Info, "session {} ({}): NOTIFY dropped: message rate", info_.id, info_.peer_domain);
+    return;
+  }
   host_.notify_received(info_, *notify);
 }
 

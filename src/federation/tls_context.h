@@ -26,7 +26,7 @@ struct IdentitySet {
 class TlsContexts {
  public:
   /// Server and client contexts: TLS 1.3 only, X25519/P-256, Ed25519 and
-  /// ECDSA P-256 signatures, ALPN keyfed/1, no tickets or resumption. The
+  /// ECDSA P-256 signatures, ALPN keyfed/2, no tickets or resumption. The
   /// server presents the identity named by SNI, and requires a client
   /// certificate unless `client_certificate_optional` (the policy admits
   /// unauthenticated peers).

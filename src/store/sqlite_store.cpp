@@ -397,6 +397,7 @@ class SqliteStore final : public MessageStore {
         return s;
       }
       if (db.changes() == 0) return ok_status();  // already finished: one notice only
+      if (notice.owner.empty()) return ok_status();  // a notice about a notice: none
       return insert_inbox(db, notice);
     }, std::move(done));
   }

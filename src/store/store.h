@@ -107,7 +107,7 @@ class MessageStore {
                      DoneStatus done) = 0;
   /// Given up (lifetime over, or refused for good): Failed, and `notice` (the
   /// failure notice for the sender) committed to the sender's inbox in the
-  /// same transaction.
+  /// same transaction; none when `notice.owner` is empty.
   virtual void give_up(std::string id, std::string to_domain, UnixMs now, std::string error,
                        InboxMessage notice, DoneStatus done) = 0;
   /// Every queue entry, oldest first (delivered and failed ones are kept for
