@@ -13,6 +13,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "cli/cli.h"
+
 namespace keyfed::test {
 
 Child::Child(std::vector<std::string> args) {
@@ -103,5 +105,14 @@ std::filesystem::path write_node_config(const TempDir& dir, const std::filesyste
   return path;
 }
 
+
+std::tuple<int, std::string, std::string> cli(std::vector<std::string> args) {
+  args.insert(args.begin(), "keyfed");
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  std::ostringstream out, err;
+  int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
+  return {status, out.str(), err.str()};
+}
 
 }  // namespace keyfed::test

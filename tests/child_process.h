@@ -4,9 +4,12 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <filesystem>
 #include <regex>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "harness.h"
@@ -47,5 +50,20 @@ int free_port();
 /// [node] on 127.0.0.1 port 0, one [[domains]] entry, then `extra`.
 std::filesystem::path write_node_config(const TempDir& dir, const std::filesystem::path& key,
                                         const std::string& domain = "alpha.test", const std::string& extra = "");
+
+/// `keyfed ARGS...` run in this process (run_cli): exit status, stdout, stderr.
+std::tuple<int, std::string, std::string> cli(std::vector<std::string> args);
+
+/// Polls until `done` holds or `limit` passes (for nodes that are other
+/// processes); the last answer of `done`.
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
 
 }  // namespace keyfed::test

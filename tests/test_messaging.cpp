@@ -32,15 +32,6 @@ using namespace keyfed::test;
 
 namespace {
 
-std::tuple<int, std::string, std::string> cli(std::vector<std::string> args) {
-  args.insert(args.begin(), "keyfed");
-  std::vector<const char*> argv;
-  for (auto& a : args) argv.push_back(a.c_str());
-  std::ostringstream out, err;
-  int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {status, out.str(), err.str()};
-}
-
 std::string write_file(const TempDir& dir, const std::string& name, const std::string& text) {
   auto path = dir.path() / name;
   std::ofstream(path, std::ios::binary) << text;
@@ -58,17 +49,6 @@ nlohmann::json inbox_of(const std::filesystem::path& config, const std::string& 
   INFO(err);
   REQUIRE(status == 0);
   return nlohmann::json::parse(out);
-}
-
-// Polls until `done` holds (the nodes are other processes).
-template <typename F>
-bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
 }
 
 const char* kHello =

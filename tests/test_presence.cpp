@@ -26,31 +26,12 @@ using nlohmann::json;
 
 namespace {
 
-std::tuple<int, std::string, std::string> cli(std::vector<std::string> args) {
-  args.insert(args.begin(), "keyfed");
-  std::vector<const char*> argv;
-  for (auto& a : args) argv.push_back(a.c_str());
-  std::ostringstream out, err;
-  int status = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {status, out.str(), err.str()};
-}
-
 // Runs a CLI command that must succeed; its standard output.
 std::string ok(std::vector<std::string> args) {
   auto [status, out, err] = cli(args);
   INFO(err);
   REQUIRE(status == 0);
   return out;
-}
-
-template <typename F>
-bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
 }
 
 std::string write_file(const TempDir& dir, const std::string& name, const std::string& text) {

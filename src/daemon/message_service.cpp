@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "common/log.h"
+#include "common/xml_text.h"
 
 namespace keyfed {
 
@@ -59,21 +60,6 @@ std::vector<std::uint8_t> bytes_of(std::string_view text) { return {text.begin()
 /// Delivery notifications a peer domain's messages may make this node send
 /// in a minute (docs/STORE.md, "Delivery notifications").
 constexpr int kNoticesPerMinute = 600;
-
-std::string xml_text(std::string_view text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 // A delivery notification of ours: its MIME object is message/imdn+xml.
 bool is_notice(const std::vector<std::uint8_t>& cpim) {

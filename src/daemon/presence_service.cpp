@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
+#include "common/xml_text.h"
 
 namespace keyfed {
 
@@ -18,21 +19,6 @@ constexpr std::string_view kWatchKind = "watch";             // "watcher present
 UnixMs now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string xml_escape(std::string_view text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default: out += c;
-    }
-  }
-  return out;
 }
 
 std::string xml_unescape(std::string_view text) {
@@ -86,8 +72,8 @@ std::string make_pidf(const std::string& presentity, bool open, const std::strin
       "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{}\">\n"
       "  <tuple id=\"keyfed\">\n"
       "    <status><basic>{}</basic></status>\n",
-      xml_escape(presentity), open ? "open" : "closed");
-  if (!note.empty()) out += fmt::format("    <note>{}</note>\n", xml_escape(note));
+      xml_text(presentity), open ? "open" : "closed");
+  if (!note.empty()) out += fmt::format("    <note>{}</note>\n", xml_text(note));
   out += "  </tuple>\n</presence>\n";
   return out;
 }
