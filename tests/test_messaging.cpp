@@ -24,6 +24,8 @@
 
 #include "child_process.h"
 #include "cli/cli.h"
+#include "daemon/message_service.h"
+#include "store/sqlite_store.h"
 #include "fed_harness.h"
 #include "harness.h"
 
@@ -268,4 +270,47 @@ TEST_CASE("a message not delivered within its lifetime is given up once, with a 
   CHECK_THAT(inbox[0]["cpim"].get<std::string>(), Catch::Contains("was not delivered"));
   std::this_thread::sleep_for(std::chrono::seconds(2));
   CHECK(inbox_of(alpha, "alice@alpha.test").size() == 1);  // once
+}
+
+TEST_CASE("a session opened to deliver is closed once idle, unless a presence watch needs it", "[messaging][store]") {
+  TestLoop loop;
+  FedNode beta(loop, "beta.test", fedkey("beta-new"));
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  auto store = open_sqlite_store(loop.get(), {.path = scratch_path("idle.db")});
+  REQUIRE(store.ok());
+  NodeConfig config;
+  config.federation = alpha.node->settings();
+  config.users["alpha.test"] = {"alice"};
+  config.peers = {{"beta.test", "127.0.0.1", beta.node->port()}};
+  config.delivery.retry_first = std::chrono::seconds(1);
+  config.delivery.idle_close = std::chrono::seconds(1);
+  AccessLists access(config.access);
+  (void)access.load({});
+  auto messages = std::make_unique<MessageService>(loop.get(), *alpha.node, **store, access, config);
+  bool watched = true;
+  messages->keep_open([&](const std::string& local, const std::string& peer) {
+    return watched && local == "alpha.test" && peer == "beta.test";
+  });
+  auto established = [&] {
+    auto sessions = alpha.node->sessions();
+    return std::count_if(sessions.begin(), sessions.end(), [](const SessionInfo& s) { return s.established; });
+  };
+  bool committed = false;
+  std::string cpim = cpim_message("im:alice@alpha.test", "im:bob@beta.test", "hello");
+  messages->submit({cpim.begin(), cpim.end()}, [&](auto r) {
+    committed = std::holds_alternative<MessageService::Submitted>(r);
+  });
+  loop.run_until([&] { return committed && beta.delivered.size() == 1; });
+  REQUIRE(established() == 1);
+  // Idle for more than idle_close_s, but a watch needs the domain: kept.
+  auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2500);
+  loop.run_until([&] { return std::chrono::steady_clock::now() >= until; }, std::chrono::seconds(5));
+  CHECK(established() == 1);
+  // No watch any more: closed at the next look.
+  watched = false;
+  loop.run_until([&] { return alpha.node->sessions().empty(); }, std::chrono::seconds(5));
+  CHECK(alpha.closed.size() == 1);
+  CHECK_THAT(alpha.closed[0].second, Catch::Contains("idle"));
+  messages.reset();
+  store->reset();
 }

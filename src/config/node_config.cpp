@@ -303,11 +303,12 @@ Status read_control(const Reader& r, const toml::table& table, ControlSettings& 
 }
 
 Status read_delivery(const Reader& r, const toml::table& table, DeliverySettings& out) {
-  if (Status s = r.only_known(table, "delivery", {"retry_first_s", "retry_max_s", "lifetime_s"}); !s) {
+  if (Status s = r.only_known(table, "delivery", {"retry_first_s", "retry_max_s", "lifetime_s", "idle_close_s"});
+      !s) {
     return s;
   }
   for (auto [key, field] : {std::pair{"retry_first_s", &out.retry_first}, std::pair{"retry_max_s", &out.retry_max},
-                            std::pair{"lifetime_s", &out.lifetime}}) {
+                            std::pair{"lifetime_s", &out.lifetime}, std::pair{"idle_close_s", &out.idle_close}}) {
     if (const toml::node* node = table.get(key)) {
       auto v = r.integer(*node, key, 1, 86400 * 365);
       if (!v) return v.error();

@@ -51,6 +51,7 @@ struct DeliverySettings {
   std::chrono::seconds retry_first{2};    ///< the first retry, within seconds
   std::chrono::seconds retry_max{300};    ///< backoff cap
   std::chrono::seconds lifetime{259200};  ///< given up after this (three days)
+  std::chrono::seconds idle_close{300};   ///< a session opened for delivery closes after this idle
   bool operator==(const DeliverySettings&) const = default;
 };
 

@@ -88,6 +88,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config
   daemon->presence_ = std::make_unique<PresenceService>(loop, *daemon->node_, *daemon->store_, *daemon->messages_,
                                                         *daemon->access_, daemon->config_);
   daemon->presence_->load([raw](Status loaded) { raw->on_loaded(std::move(loaded)); });
+  daemon->messages_->keep_open([raw](const std::string& local, const std::string& peer) {
+    return raw->presence_ && raw->presence_->needs_session(local, peer);
+  });
   auto control = ControlSocket::open(loop, daemon->config_.control,
                                      [raw](const nlohmann::json& request, ControlSocket::Send send) {
                                        raw->on_control(request, send);

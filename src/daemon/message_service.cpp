@@ -159,6 +159,9 @@ MessageService::MessageService(uv_loop_t* loop, Node& node, MessageStore& store,
   uv_timer_init(loop, timer_.get());
   timer_->data = this;
   schedule_pass(std::chrono::milliseconds(0));  // what was queued before a restart
+  idle_timer_ = make_uv_handle<uv_timer_t>();
+  uv_timer_init(loop, idle_timer_.get());
+  idle_timer_->data = this;
   totals_timer_ = make_uv_handle<uv_timer_t>();
   uv_timer_init(loop, totals_timer_.get());
   totals_timer_->data = this;
@@ -483,6 +486,41 @@ void MessageService::deliver(const QueueEntry& entry) {
   if (connecting_.count(route) == 0) connect(route.first, route.second);
 }
 
+void MessageService::start_idle_timer() {
+  if (uv_is_active(reinterpret_cast<uv_handle_t*>(idle_timer_.get()))) return;
+  auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(delivery_.idle_close).count();
+  auto period = static_cast<std::uint64_t>(std::clamp<std::int64_t>(idle / 4, 250, 10000));
+  uv_timer_start(idle_timer_.get(), [](uv_timer_t* t) { static_cast<MessageService*>(t->data)->close_idle(); },
+                 period, period);
+}
+
+// docs/STORE.md, "Outbound queue and delivery": a session this service
+// opened is closed once nothing was sent on it for idle_close_s, nothing
+// waits for an ACK on it, and nobody else needs it (presence watches).
+void MessageService::close_idle() {
+  if (opened_.empty()) {
+    uv_timer_stop(idle_timer_.get());
+    return;
+  }
+  UnixMs now = now_ms();
+  auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(delivery_.idle_close).count();
+  std::vector<std::pair<std::uint64_t, std::pair<std::string, std::string>>> closing;
+  for (const auto& [route, session] : routes_) {
+    auto used = opened_.find(session);
+    if (used == opened_.end()) continue;
+    bool waiting = std::any_of(in_flight_.begin(), in_flight_.end(),
+                               [&](const auto& f) { return f.second == route.second; });
+    if (waiting) used->second = now;
+    if (now - used->second < idle || (keep_open_ && keep_open_(route.first, route.second))) continue;
+    closing.emplace_back(session, route);
+  }
+  for (const auto& [session, route] : closing) {
+    log_at(LogLevel::Info, "delivery: closing the idle session {} to {} (nothing sent for {} s)", session,
+           route.second, idle / 1000);
+    node_.close_session(session, "idle: nothing to deliver");
+  }
+}
+
 void MessageService::open_session(const std::string& local_domain, const std::string& to_domain) {
   std::pair<std::string, std::string> route{local_domain, to_domain};
   if (routes_.count(route) != 0 || connecting_.count(route) != 0) return;
@@ -496,7 +534,11 @@ void MessageService::connect(const std::string& local_domain, const std::string&
     if (!*alive) return;
     connecting_.erase(route);
     std::string error = r ? std::string() : r.error().message;
-    if (r) routes_[route] = r->id;
+    if (r) {
+      routes_[route] = r->id;
+      opened_[r->id] = now_ms();  // ours to close when idle
+      start_idle_timer();
+    }
     // Either way, the domain's entries move: sent now, or deferred.
     store_.due(now_ms(), 256, route.second, [this, alive, route, error](Result<std::vector<QueueEntry>> due) {
       if (!*alive || !due) return;
@@ -521,6 +563,7 @@ void MessageService::connect(const std::string& local_domain, const std::string&
 void MessageService::send_on(std::uint64_t session, const QueueEntry& entry) {
   const OutboundMessage& m = entry.message;
   in_flight_.insert({m.id, m.to_domain});
+  if (auto used = opened_.find(session); used != opened_.end()) used->second = now_ms();
   auto alive = alive_;
   Status sent = node_.send_message(session, m.cpim, [this, alive, entry](Status r) {
     if (!*alive) return;
@@ -610,6 +653,7 @@ void MessageService::session_up(const SessionInfo& session) {
 
 void MessageService::session_closed(const SessionInfo& session) {
   std::erase_if(routes_, [&](const auto& r) { return r.second == session.id; });
+  opened_.erase(session.id);
 }
 
 }  // namespace keyfed

@@ -88,6 +88,12 @@ class MessageService {
   /// discovery) unless one is up or being opened; presence uses it too.
   void open_session(const std::string& local_domain, const std::string& to_domain);
 
+  /// Routes (local domain, peer domain) whose sessions stay open although
+  /// idle (presence keeps its watched domains' sessions).
+  void keep_open(std::function<bool(const std::string& local, const std::string& peer)> predicate) {
+    keep_open_ = std::move(predicate);
+  }
+
   /// Called by the daemon when a session is established or closed.
   void session_up(const SessionInfo& session);
   void session_closed(const SessionInfo& session);
@@ -113,6 +119,8 @@ class MessageService {
   std::chrono::milliseconds backoff(int attempts);
   void announce(const std::vector<InboxMessage>& copies);
   void count(const std::string& domain, bool inbound);
+  void start_idle_timer();
+  void close_idle();
   void save_counters();
   /// Queues a message the node itself writes (a delivery notification) from
   /// `from`, a user of a hosted domain, without the checks a user's
@@ -144,7 +152,11 @@ class MessageService {
   std::mt19937_64 jitter_;
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> totals_;
   std::set<std::string> dirty_totals_;
-  std::map<std::string, std::pair<UnixMs, int>> notice_budget_;  ///< peer domain -> (window start, notices)
+  std::map<std::string, std::pair<UnixMs, int>> notice_budget_;
+  /// Sessions this service opened (and closes when idle) -> last use.
+  std::map<std::uint64_t, UnixMs> opened_;
+  UvHandle<uv_timer_t> idle_timer_;
+  std::function<bool(const std::string&, const std::string&)> keep_open_;  ///< peer domain -> (window start, notices)
   UvHandle<uv_timer_t> totals_timer_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  ///< for callbacks that outlive this
 };

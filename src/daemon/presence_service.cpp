@@ -192,6 +192,12 @@ std::optional<PresenceService::Seen> PresenceService::get(const std::string& pre
   return it->second;
 }
 
+bool PresenceService::needs_session(const std::string& local, const std::string& peer) const {
+  return std::any_of(watches_.begin(), watches_.end(), [&](const auto& w) {
+    return domain_of_uri(w.first) == local && domain_of_uri(w.second) == peer;
+  });
+}
+
 bool PresenceService::may_watch(const std::string& watcher, const std::string& presentity) const {
   if (!ready_) return false;
   auto w = parse_user_uri(watcher, UriScheme::Pres);

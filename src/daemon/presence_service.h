@@ -98,6 +98,8 @@ class PresenceService {
   /// What `watcher` (local) watches.
   std::vector<std::string> watching(const std::string& watcher) const;
 
+  /// Does a watch of ours need a session from `local` to `peer`?
+  bool needs_session(const std::string& local, const std::string& peer) const;
   /// For the node: may `watcher` see `presentity` now?
   bool may_watch(const std::string& watcher, const std::string& presentity) const;
   void session_up(const SessionInfo& session);
