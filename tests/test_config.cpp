@@ -3,7 +3,11 @@
 // the generated testbed and the testdata directory.
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include <catch2/catch.hpp>
@@ -174,4 +178,32 @@ TEST_CASE("a trust anchor or zone path that is not a regular file is refused at 
     REQUIRE_FALSE(zone.ok());
     CHECK_THAT(zone.error().message, Catch::Contains("not a regular file"));
   }
+}
+
+// docs/DEVELOPING.md's layout table is where a newcomer looks first: every
+// source directory has its row, and every module (file stem) of it is named
+// in that row, so a new file cannot land undocumented.
+TEST_CASE("docs/DEVELOPING.md's layout names every source directory and every module in it", "[docs]") {
+  std::ifstream doc(std::filesystem::path(KEYFED_DOCS_DIR) / "DEVELOPING.md");
+  REQUIRE(doc);
+  std::map<std::string, std::string> rows;  // "src/dnskey" -> its row
+  for (std::string line; std::getline(doc, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, std::regex("^\\| `(src/[a-z_]+)/` \\|"))) rows[m[1]] = line;
+  }
+  auto src = std::filesystem::path(KEYFED_DOCS_DIR).parent_path() / "src";
+  std::set<std::string> dirs;
+  for (const auto& entry : std::filesystem::directory_iterator(src)) {
+    if (!entry.is_directory()) continue;
+    std::string dir = "src/" + entry.path().filename().string();
+    dirs.insert(dir);
+    INFO(dir);
+    REQUIRE(rows.count(dir) == 1);
+    for (const auto& file : std::filesystem::directory_iterator(entry.path())) {
+      std::string stem = file.path().stem().string();
+      INFO(file.path().filename().string());
+      CHECK(std::regex_search(rows[dir], std::regex("`" + stem + "[`.]")));
+    }
+  }
+  for (const auto& [dir, row] : rows) CHECK(dirs.count(dir) == 1);  // no row for a directory that is gone
 }

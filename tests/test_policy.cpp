@@ -1,9 +1,16 @@
 // The policy's pure functions (docs/POLICY.md): override matching (§3) and
 // the rule that keeps or ends a live session (§4), on hand-made answers.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
 
 #include "common/c_handles.h"
 #include "dnskey/key_record.h"
+#include "dnskey/outcome.h"
 #include "federation/policy.h"
 
 using namespace keyfed;
@@ -94,4 +101,82 @@ TEST_CASE("recheck: a session stays only while fresh answers give it the same de
 
   SessionAuthentication outbound{Direction::Outbound, Decision::Authenticated, mine.spki_der, mine};
   CHECK_FALSE(recheck(config, outbound, answer(DnsOutcome::Bogus)).keep);  // deferred is not accepted
+}
+
+// docs/POLICY.md §1 is the contract: its table is read from the file and
+// every cell checked against decide(), both directions, so that the code and
+// the document cannot drift apart.
+TEST_CASE("decide() is the table of POLICY.md section 1, cell for cell", "[policy][docs]") {
+  std::ifstream doc(std::filesystem::path(KEYFED_DOCS_DIR) / "POLICY.md");
+  REQUIRE(doc);
+  std::vector<std::vector<std::string>> rows;
+  bool in_table = false;
+  for (std::string line; std::getline(doc, line);) {
+    if (line.starts_with("| lookup outcome |")) {
+      in_table = true;
+      continue;
+    }
+    if (!in_table) continue;
+    if (!line.starts_with("|")) break;
+    if (line.starts_with("|---")) continue;
+    std::vector<std::string> cells;
+    std::stringstream split(line.substr(1));
+    for (std::string cell; std::getline(split, cell, '|');) {
+      auto first = cell.find_first_not_of(' '), last = cell.find_last_not_of(' ');
+      cells.push_back(first == std::string::npos ? "" : cell.substr(first, last - first + 1));
+    }
+    REQUIRE(cells.size() == 3);
+    rows.push_back(cells);
+  }
+  REQUIRE(rows.size() == 8);  // a row added to the document must be added here too
+
+  FederationKey published = key_from(1), other = key_from(2);
+  std::set<std::string> outcomes_seen;
+  for (const auto& row : rows) {
+    INFO("POLICY.md row: " << row[0] << " | " << row[1] << " | " << row[2]);
+    // The outcome is the first `word`; an insecure = "..." names the setting.
+    auto tick = row[0].find('`');
+    auto word = row[0].substr(tick + 1, row[0].find('`', tick + 1) - tick - 1);
+    auto outcome = dns_outcome_from_string(word);
+    REQUIRE(outcome.has_value());
+    outcomes_seen.insert(word);
+    PolicyConfig config;
+    for (const char* mode : {"refuse", "unauthenticated", "weak-auth"}) {
+      if (row[0].find(fmt::format("insecure = \"{}\"", mode)) != std::string::npos) {
+        config.insecure = *insecure_policy_from_string(mode);
+      }
+    }
+    DomainKeys a = answer(*outcome);
+    if (*outcome == DnsOutcome::Keys || *outcome == DnsOutcome::Insecure) a.keys = {published};
+    // What a cell says, per direction, under allow_unauthenticated = `allow`.
+    auto expected = [](const std::string& cell, Direction direction, bool allow) -> Decision {
+      if (cell.find("refused (inbound) / **deferred** (outbound)") != std::string::npos) {
+        return direction == Direction::Inbound ? Decision::Refuse : Decision::Defer;
+      }
+      if (cell.starts_with("unauthenticated if `allow_unauthenticated`, else refused")) {
+        return allow ? Decision::Unauthenticated : Decision::Refuse;
+      }
+      if (cell.find("**weakly authenticated**") != std::string::npos) return Decision::WeaklyAuthenticated;
+      if (cell.find("**authenticated**") != std::string::npos) return Decision::Authenticated;
+      if (cell.starts_with("unauthenticated")) return Decision::Unauthenticated;
+      if (cell.find("refused") != std::string::npos) return Decision::Refuse;
+      FAIL("POLICY.md §1 has a cell this test cannot read: " << cell);
+      return Decision::Refuse;
+    };
+    for (bool allow : {false, true}) {
+      config.allow_unauthenticated = allow;
+      for (Direction direction : {Direction::Inbound, Direction::Outbound}) {
+        std::string proved_cell = row[1];
+        std::string other_cell = row[2] == "same" ? row[1] : row[2];
+        Decision with_key = expected(proved_cell, direction, allow);
+        Decision without = expected(other_cell, direction, allow);
+        CHECK(decide(config, direction, a, published.spki_der).decision == with_key);
+        CHECK(decide(config, direction, a, other.spki_der).decision == without);
+        // No certificate at all reads the second column too.
+        CHECK(decide(config, direction, a, {}).decision == without);
+      }
+    }
+  }
+  // Every outcome has its row.
+  for (DnsOutcome o : kAllDnsOutcomes) CHECK(outcomes_seen.count(std::string(to_string(o))) == 1);
 }
