@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "config/node_config.h"
+#include "daemon/daemon.h"
 #include "dnskey/domain_name.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/key_json.h"
@@ -65,29 +66,20 @@ Result<Settings> settings_from(const LookupOptions& options) {
 // deadline, so this always ends.
 Result<std::vector<std::shared_ptr<const CachedKeys>>> resolve_all(
     const Settings& settings, const std::vector<std::string>& domains) {
-  uv_loop_t loop;
-  if (uv_loop_init(&loop) != 0) return make_error("cannot create an event loop");
+  NodeConfig config;
+  config.resolver = settings.resolver;
+  config.key_cache = settings.key_cache;
+  Reactor reactor;  // the resolver and cache only
+  if (Status s = reactor.start(std::move(config), DaemonParts::Keys); !s) return s.error();
   std::vector<std::shared_ptr<const CachedKeys>> answers(domains.size());
-  Status status = ok_status();
-  {
-    Result<std::unique_ptr<KeyResolver>> resolver = KeyResolver::create(&loop, settings.resolver);
-    if (!resolver) {
-      status = resolver.error();
-    } else {
-      KeyCache cache(**resolver, settings.key_cache);
-      std::size_t remaining = domains.size();
-      for (std::size_t i = 0; i < domains.size(); ++i) {
-        cache.lookup(domains[i], [&, i](std::shared_ptr<const CachedKeys> entry) {
-          answers[i] = std::move(entry);
-          if (--remaining == 0) uv_stop(&loop);
-        });
-      }
-      if (remaining > 0) uv_run(&loop, UV_RUN_DEFAULT);
-    }
+  std::size_t remaining = domains.size();
+  for (std::size_t i = 0; i < domains.size(); ++i) {
+    reactor.daemon().cache().lookup(domains[i], [&, i](std::shared_ptr<const CachedKeys> entry) {
+      answers[i] = std::move(entry);
+      --remaining;
+    });
   }
-  uv_run(&loop, UV_RUN_DEFAULT);  // let closed handles finish closing
-  uv_loop_close(&loop);
-  if (!status) return status.error();
+  reactor.run_until([&] { return remaining == 0; });
   return answers;
 }
 

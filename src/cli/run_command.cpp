@@ -30,34 +30,32 @@ ExitStatus run_node(const RunOptions& options, std::ostream& err) {
     err << "keyfed: error: " << options.config << ": no [[domains]]: the node would host nothing\n";
     return ExitStatus::BadInput;
   }
-  uv_loop_t loop;
-  uv_loop_init(&loop);
   ExitStatus status = ExitStatus::Ok;
   {
-    Result<std::unique_ptr<Daemon>> started = Daemon::start(&loop, std::move(config).value());
-    if (!started) {
+    Reactor reactor;
+    if (Status started = reactor.start(std::move(config).value(), DaemonParts::Full); !started) {
       err << "keyfed: error: " << started.error().message << "\n";
       // A port that cannot be bound is not a bad configuration file.
       status = started.error().message.starts_with("cannot bind") || started.error().message.starts_with("cannot listen")
                    ? ExitStatus::InternalError
                    : ExitStatus::BadInput;
     } else {
-      std::unique_ptr<Daemon> daemon = std::move(started).value();
       std::vector<UvHandle<uv_signal_t>> signals;
       struct Context {
-        std::unique_ptr<Daemon>* daemon;
+        Reactor* reactor;
         std::string path;
         std::vector<UvHandle<uv_signal_t>>* signals;
-      } context{&daemon, options.config, &signals};
+      } context{&reactor, options.config, &signals};
       for (int signum : {SIGTERM, SIGINT, SIGHUP}) {
         auto handle = make_uv_handle<uv_signal_t>();
-        uv_signal_init(&loop, handle.get());
+        uv_signal_init(reactor.loop(), handle.get());
         handle->data = &context;
         uv_signal_start(handle.get(), [](uv_signal_t* h, int s) {
           auto* c = static_cast<Context*>(h->data);
+          if (!c->reactor->running()) return;
           if (s == SIGHUP) {
             Result<NodeConfig> next = load_node_config(c->path);
-            Status reloaded = next ? (*c->daemon)->reload(std::move(next).value()) : Status(next.error());
+            Status reloaded = next ? c->reactor->daemon().reload(std::move(next).value()) : Status(next.error());
             if (reloaded) {
               log_at(LogLevel::Info, "reloaded {}", c->path);
             } else {
@@ -67,18 +65,15 @@ ExitStatus run_node(const RunOptions& options, std::ostream& err) {
             return;
           }
           log_at(LogLevel::Info, "signal {}: closing sessions", s);
-          c->daemon->reset();   // every session gets ERROR Shutdown; node, cache, resolver close in order
-          c->signals->clear();  // nothing is left to keep the loop running once sessions have closed
+          c->reactor->stop_daemon();  // every session gets ERROR Shutdown; node, cache, resolver close in order
+          c->signals->clear();        // nothing is left to keep the loop running once sessions have closed
         }, signum);
         signals.push_back(std::move(handle));
       }
-      uv_run(&loop, UV_RUN_DEFAULT);
+      reactor.run();
       signals.clear();
-      daemon.reset();
     }
-  }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  uv_loop_close(&loop);
+  }  // the reactor tears down in order
   if (status == ExitStatus::Ok) log_at(LogLevel::Info, "stopped");
   return status;
 }

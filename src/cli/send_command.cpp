@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "config/node_config.h"
+#include "daemon/daemon.h"
 #include "dnskey/key_cache.h"
 #include "dnskey/resolver.h"
 #include "federation/cpim.h"
@@ -62,22 +63,26 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
   config->federation.revalidate_interval = std::chrono::milliseconds(0);
   set_log_level(LogLevel::Warning);
 
-  uv_loop_t loop;
-  uv_loop_init(&loop);
+  std::string address = options.address;
+  int port = options.port != 0 ? options.port : kDefaultFederationPort;
+  for (const StaticPeer& peer : config->peers) {
+    if (address.empty() && peer.domain == to) {
+      address = peer.address;
+      port = peer.port;
+    }
+  }
   ExitStatus status = ExitStatus::Ok;
   std::string detail;
   std::optional<SessionInfo> session_info;
   {
-    auto resolver = KeyResolver::create(&loop, config->resolver);
-    if (!resolver) return fail(ExitStatus::BadInput, resolver.error().message);
-    KeyCache cache(**resolver, config->key_cache);
+    Reactor reactor;  // resolver, cache and a node without a listener
     Node::Handlers handlers;
     handlers.audit = [](const std::string& line) { log_line(LogLevel::Info, "audit " + line); };
-    auto node = Node::create(&loop, cache, config->federation, handlers);
-    if (!node) {
+    if (Status started = reactor.start(std::move(config).value(), DaemonParts::Node, handlers); !started) {
       status = ExitStatus::BadInput;
-      detail = node.error().message;
+      detail = started.error().message;
     } else {
+      Node* node = &reactor.daemon().node();
       bool done = false;
       auto on_session = [&](Result<SessionInfo> session) {
         if (!session) {
@@ -87,7 +92,7 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
           return;
         }
         session_info = *session;
-        Status sent = (*node)->send_message(session->id, cpim, [&](Status ack) {
+        Status sent = node->send_message(session->id, cpim, [&](Status ack) {
           if (!ack) {
             status = ExitStatus::Refused;
             detail = ack.error().message;
@@ -100,24 +105,14 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
           done = true;
         }
       };
-      std::string address = options.address;
-      int port = options.port != 0 ? options.port : kDefaultFederationPort;
-      for (const StaticPeer& peer : config->peers) {
-        if (address.empty() && peer.domain == to) {
-          address = peer.address;
-          port = peer.port;
-        }
-      }
       if (address.empty()) {
-        (*node)->connect_domain(from, to, on_session);
+        node->connect_domain(from, to, on_session);
       } else {
-        (*node)->connect(from, to, address, port, on_session);
+        node->connect(from, to, address, port, on_session);
       }
-      while (!done) uv_run(&loop, UV_RUN_ONCE);
+      reactor.run_until([&] { return done; });
     }
   }
-  uv_run(&loop, UV_RUN_DEFAULT);
-  uv_loop_close(&loop);
 
   if (options.json) {
     nlohmann::json result = {{"from", routing->from.uri},

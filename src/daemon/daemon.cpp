@@ -1,5 +1,7 @@
 #include "daemon/daemon.h"
 
+#include <stdexcept>
+
 #include "common/log.h"
 
 namespace keyfed {
@@ -19,17 +21,25 @@ namespace {
 constexpr std::chrono::milliseconds kMaxBackoff{300000};
 }
 
-Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers) {
-  if (config.federation.domains.empty()) {
+Result<std::unique_ptr<Daemon>> Daemon::start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers,
+                                               DaemonParts parts) {
+  if (parts != DaemonParts::Keys && config.federation.domains.empty()) {
     return make_error("{}: no [[domains]]: the node would host nothing", config.source.string());
   }
   std::unique_ptr<Daemon> daemon(new Daemon(loop));
   daemon->config_ = std::move(config);
-  set_log_level(daemon->config_.log_level);
+  if (parts == DaemonParts::Full) set_log_level(daemon->config_.log_level);
   auto resolver = KeyResolver::create(loop, daemon->config_.resolver);
   if (!resolver) return resolver.error();
   daemon->resolver_ = std::move(resolver).value();
   daemon->cache_ = std::make_unique<KeyCache>(*daemon->resolver_, daemon->config_.key_cache);
+  if (parts == DaemonParts::Keys) return daemon;
+  if (parts == DaemonParts::Node) {
+    auto node = Node::create(loop, *daemon->cache_, daemon->config_.federation, std::move(handlers));
+    if (!node) return node.error();
+    daemon->node_ = std::move(node).value();
+    return daemon;
+  }
   Daemon* raw = daemon.get();
   if (!handlers.on_message) {
     // Addresses were checked by the strict CPIM reader (docs/PROTOCOL.md
@@ -123,8 +133,29 @@ void Daemon::shutdown(const std::string& reason) {
   stopping_ = true;
   control_.reset();
   links_.clear();
-  presence_->stop();
-  node_->close_all(reason);
+  if (presence_) presence_->stop();
+  if (node_) node_->close_all(reason);
+}
+
+Reactor::Reactor() {
+  if (uv_loop_init(&loop_) != 0) throw std::runtime_error("cannot create an event loop");
+}
+
+Reactor::~Reactor() {
+  daemon_.reset();              // sessions closed, then node, store, cache, resolver, in that order
+  uv_run(&loop_, UV_RUN_DEFAULT);  // every handle finishes closing
+  uv_loop_close(&loop_);
+}
+
+Status Reactor::start(NodeConfig config, DaemonParts parts, Node::Handlers handlers) {
+  auto started = Daemon::start(&loop_, std::move(config), std::move(handlers), parts);
+  if (!started) return started.error();
+  daemon_ = std::move(started).value();
+  return ok_status();
+}
+
+void Reactor::run_until(const std::function<bool()>& done) {
+  while (!done()) uv_run(&loop_, UV_RUN_ONCE);
 }
 
 Status Daemon::reload(NodeConfig next) {

@@ -5,6 +5,7 @@
 // prepared first, and only when all of them are is anything replaced.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -25,11 +26,19 @@
 
 namespace keyfed {
 
+/// How much of a node a command needs: the resolver and key cache
+/// (`keyfed lookup`), also a node without a listener (`keyfed send
+/// --direct`), or the whole daemon (`keyfed run`).
+enum class DaemonParts { Keys, Node, Full };
+
 class Daemon {
  public:
-  /// Builds and starts everything on `loop` (which must outlive the daemon):
-  /// resolver, cache, node, listener, peer links. Errors name what failed.
-  static Result<std::unique_ptr<Daemon>> start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers = {});
+  /// Builds and starts, on `loop` (which must outlive the daemon), what
+  /// `parts` says, in order: resolver, cache, node, listener, store,
+  /// message and presence services, control socket, peer links. Errors name
+  /// what failed.
+  static Result<std::unique_ptr<Daemon>> start(uv_loop_t* loop, NodeConfig config, Node::Handlers handlers = {},
+                                               DaemonParts parts = DaemonParts::Full);
   /// Closes every session and handle, node first, resolver last; run the
   /// loop afterwards to release them.
   ~Daemon();
@@ -84,6 +93,33 @@ class Daemon {
   std::unique_ptr<ControlSocket> control_;
   std::vector<std::unique_ptr<PeerLink>> links_;
   bool stopping_ = false;
+};
+
+/// One owner of a running reactor: the libuv loop and the Daemon on it,
+/// for every command (`lookup`, `send --direct`, `run`) and the tests.
+/// Destroyed in order: the daemon (sessions, node, store, cache, resolver),
+/// then the loop runs until every handle has closed, then the loop closes.
+class Reactor {
+ public:
+  Reactor();
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  Status start(NodeConfig config, DaemonParts parts, Node::Handlers handlers = {});
+  uv_loop_t* loop() { return &loop_; }
+  Daemon& daemon() { return *daemon_; }
+  /// Ends the daemon early (SIGTERM): its sessions get ERROR Shutdown.
+  void stop_daemon() { daemon_.reset(); }
+  bool running() const { return daemon_ != nullptr; }
+  /// Runs the loop one turn at a time until `done()` holds.
+  void run_until(const std::function<bool()>& done);
+  /// Runs the loop until nothing is left to run.
+  void run() { uv_run(&loop_, UV_RUN_DEFAULT); }
+
+ private:
+  uv_loop_t loop_;
+  std::unique_ptr<Daemon> daemon_;
 };
 
 }  // namespace keyfed
