@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <regex>
+#include <set>
 
 #include <fmt/format.h>
 #include <fstream>
@@ -312,5 +313,60 @@ TEST_CASE("a session opened to deliver is closed once idle, unless a presence wa
   CHECK(alpha.closed.size() == 1);
   CHECK_THAT(alpha.closed[0].second, Catch::Contains("idle"));
   messages.reset();
+  store->reset();
+}
+
+TEST_CASE("a backlog goes out 64 messages at a time: the rest waits for answers, then all are delivered once",
+          "[messaging][store]") {
+  TestLoop loop;
+  FedNode alpha(loop, "alpha.test", fedkey("alpha-1"));
+  // beta.test's node holds every answer until the test lets it go.
+  FedNode beta_keys(loop, "gamma.test", fedkey("alpha-1"));  // only its resolver and cache are used
+  std::vector<DeliveryReply> held;
+  std::set<std::string> received;
+  NodeSettings beta_settings;
+  beta_settings.domains = {{"beta.test", {fedkey("beta-new")}}};
+  beta_settings.revalidate_interval = std::chrono::milliseconds(0);
+  Node::Handlers handlers;
+  handlers.deliver = [&](const DeliveredMessage& m, DeliveryReply reply) {
+    received.insert(std::string(m.cpim.begin(), m.cpim.end()));
+    held.push_back(std::move(reply));
+  };
+  auto beta = Node::create(loop.get(), *beta_keys.cache, beta_settings, handlers);
+  REQUIRE(beta.ok());
+  REQUIRE((*beta)->listen("127.0.0.1", 0).ok());
+
+  auto store = open_sqlite_store(loop.get(), {.path = scratch_path("window.db")});
+  REQUIRE(store.ok());
+  NodeConfig config;
+  config.federation = alpha.node->settings();
+  config.users["alpha.test"] = {"alice"};
+  config.peers = {{"beta.test", "127.0.0.1", (*beta)->port()}};
+  AccessLists access(config.access);
+  (void)access.load({});
+  auto messages = std::make_unique<MessageService>(loop.get(), *alpha.node, **store, access, config);
+  constexpr int kBacklog = 150;
+  int committed = 0;
+  for (int i = 0; i < kBacklog; ++i) {
+    std::string cpim = cpim_message("im:alice@alpha.test", "im:bob@beta.test", "backlog " + std::to_string(i));
+    messages->submit({cpim.begin(), cpim.end()}, [&](auto r) {
+      if (std::holds_alternative<MessageService::Submitted>(r)) ++committed;
+    });
+  }
+  loop.run_until([&] { return committed == kBacklog && held.size() == 64; });
+  // Nothing more while all 64 wait for their answer.
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  loop.run_until([&] { return std::chrono::steady_clock::now() >= until; });
+  CHECK(held.size() == 64);
+  // Answers free the window; the backlog drains, each message once.
+  std::size_t answered = 0;
+  loop.run_until([&] {
+    for (; answered < held.size(); ++answered) held[answered](std::nullopt);
+    return answered == static_cast<std::size_t>(kBacklog);
+  }, std::chrono::seconds(30));
+  CHECK(received.size() == static_cast<std::size_t>(kBacklog));
+  CHECK(held.size() == static_cast<std::size_t>(kBacklog));
+  messages.reset();
+  beta->reset();
   store->reset();
 }

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
+
+#include <set>
 #include <sqlite3.h>
 
 #include <fstream>
@@ -263,6 +265,41 @@ TEST_CASE("many calls queued at once are committed together, each answered", "[s
   // In arrival order.
   CHECK(inbox->front().message.id == "bulk-0");
   CHECK(inbox->back().message.id == "bulk-" + std::to_string(kMessages - 1));
+}
+
+TEST_CASE("calls beyond max_pending are refused at once, answered on the loop, and nothing accepted is lost",
+          "[store]") {
+  TempDir dir;
+  TestLoop loop;
+  auto opened = open_sqlite_store(loop.get(), {.path = dir.path() / "keyfed.db", .max_pending = 8});
+  REQUIRE(opened.ok());
+  auto store = std::move(opened).value();
+  constexpr int kMessages = 2000;
+  int stored = 0, refused = 0, answered_inside = 0;
+  std::set<std::string> accepted;
+  for (int i = 0; i < kMessages; ++i) {
+    bool returned = false;
+    std::string id = "burst-" + std::to_string(i);
+    store->accept_inbound("beta.test", {copy_for("alice@alpha.test", id)}, [&, id](Result<Acceptance> r) {
+      if (!returned) ++answered_inside;
+      if (r.ok()) {
+        ++stored;
+        accepted.insert(id);
+      } else {
+        ++refused;
+        CHECK_THAT(r.error().message, Catch::Contains("max_pending"));
+      }
+    });
+    returned = true;
+  }
+  loop.run_until([&] { return stored + refused == kMessages; });
+  CHECK(answered_inside == 0);  // never from inside the call
+  CHECK(refused > 0);           // 2000 calls in one turn of the loop overrun 8
+  CHECK(stored > 0);
+  auto inbox = wait<std::vector<InboxEntry>>(loop, [&](auto done) { store->inbox("alice@alpha.test", 0, done); });
+  REQUIRE(inbox.ok());
+  CHECK(inbox->size() == accepted.size());  // exactly what was answered stored
+  for (const InboxEntry& e : *inbox) CHECK(accepted.count(e.message.id) == 1);
 }
 
 TEST_CASE("durable records: replaced by key, deleted by an empty value, kept across a reopen", "[store]") {

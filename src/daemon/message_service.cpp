@@ -70,6 +70,11 @@ bool is_notice(const std::vector<std::uint8_t>& cpim) {
   return body.size() >= kType.size() && std::equal(kType.begin(), kType.end(), body.begin());
 }
 
+/// Messages sent to one domain and not answered yet, at most.
+constexpr std::size_t kMaxUnansweredPerDomain = 64;
+/// How long a sent message may wait for its ACK or NACK.
+constexpr std::chrono::milliseconds kAckTimeout{60000};
+
 constexpr std::string_view kCountersKind = "peer-counters";  // domain -> "in out"
 /// Peer domains counted at most (docs/SECURITY.md §3): each needs its own keys.
 constexpr std::size_t kMaxCountedPeers = 10000;
@@ -457,6 +462,7 @@ void MessageService::schedule_pass(std::chrono::milliseconds delay) {
 void MessageService::pass() {
   if (pass_running_) return;
   pass_running_ = true;
+  expire_unanswered();
   store_.due(now_ms(), 256, std::nullopt, [this, alive = alive_](Result<std::vector<QueueEntry>> due) {
     if (!*alive) return;
     if (!due) log_at(LogLevel::Error, "delivery: cannot read the queue: {}", due.error().message);
@@ -476,6 +482,9 @@ void MessageService::pass() {
 void MessageService::deliver(const QueueEntry& entry) {
   const OutboundMessage& m = entry.message;
   if (in_flight_.count({m.id, m.to_domain}) != 0) return;
+  // A window per domain: a backlog goes out as ACKs come back, never all at
+  // once into a session's write queue (docs/STORE.md, "Budgets").
+  if (unanswered_to(m.to_domain) >= kMaxUnansweredPerDomain) return;
   if (now_ms() >= m.expires) {
     return fail(entry, entry.last_error.empty() ? "not delivered within the delivery lifetime"
                                                 : "not delivered within the delivery lifetime; last error: " +
@@ -484,6 +493,28 @@ void MessageService::deliver(const QueueEntry& entry) {
   std::pair<std::string, std::string> route{domain_of(m.sender), m.to_domain};
   if (auto it = routes_.find(route); it != routes_.end()) return send_on(it->second, entry);
   if (connecting_.count(route) == 0) connect(route.first, route.second);
+}
+
+std::size_t MessageService::unanswered_to(const std::string& domain) const {
+  return static_cast<std::size_t>(std::count_if(in_flight_.begin(), in_flight_.end(), [&](const auto& f) {
+    return f.first.second == domain && !f.second.answered;
+  }));
+}
+
+// A peer that keeps its session up (it answers PINGs) but never ACKs holds
+// the messages sent to it: after kAckTimeout its session is closed, and what
+// it held is tried again (docs/STORE.md, "Outbound queue and delivery").
+void MessageService::expire_unanswered() {
+  UnixMs now = now_ms();
+  std::set<std::uint64_t> stuck;
+  for (const auto& [key, f] : in_flight_) {
+    if (!f.answered && now - f.sent >= kAckTimeout.count()) stuck.insert(f.session);
+  }
+  for (std::uint64_t session : stuck) {
+    log_at(LogLevel::Warning, "delivery: no ACK on session {} for {} s; closing it, the messages go again", session,
+           kAckTimeout.count() / 1000);
+    node_.close_session(session, "no ACK in time");
+  }
 }
 
 void MessageService::start_idle_timer() {
@@ -509,7 +540,7 @@ void MessageService::close_idle() {
     auto used = opened_.find(session);
     if (used == opened_.end()) continue;
     bool waiting = std::any_of(in_flight_.begin(), in_flight_.end(),
-                               [&](const auto& f) { return f.second == route.second; });
+                               [&](const auto& f) { return f.first.second == route.second; });
     if (waiting) used->second = now;
     if (now - used->second < idle || (keep_open_ && keep_open_(route.first, route.second))) continue;
     closing.emplace_back(session, route);
@@ -562,12 +593,16 @@ void MessageService::connect(const std::string& local_domain, const std::string&
 
 void MessageService::send_on(std::uint64_t session, const QueueEntry& entry) {
   const OutboundMessage& m = entry.message;
-  in_flight_.insert({m.id, m.to_domain});
+  in_flight_[{m.id, m.to_domain}] = {session, now_ms(), false};
   if (auto used = opened_.find(session); used != opened_.end()) used->second = now_ms();
   auto alive = alive_;
   Status sent = node_.send_message(session, m.cpim, [this, alive, entry](Status r) {
     if (!*alive) return;
     const OutboundMessage& msg = entry.message;
+    bool window_was_full = unanswered_to(msg.to_domain) >= kMaxUnansweredPerDomain;
+    if (auto it = in_flight_.find({msg.id, msg.to_domain}); it != in_flight_.end()) it->second.answered = true;
+    // A place in the domain's window is free: whatever waits goes now.
+    if (window_was_full) schedule_pass(std::chrono::milliseconds(0));
     if (r) {
       count(msg.to_domain, false);
       // Still in flight until the mark is committed: a pass that reads the

@@ -146,7 +146,15 @@ class MessageService {
   /// Outbound sessions by (local domain, peer domain).
   std::map<std::pair<std::string, std::string>, std::uint64_t> routes_;
   std::set<std::pair<std::string, std::string>> connecting_;
-  std::set<std::pair<std::string, std::string>> in_flight_;  ///< (id, to_domain) sent, waiting for the ACK
+  struct InFlight {
+    std::uint64_t session = 0;
+    UnixMs sent = 0;
+    bool answered = false;  ///< ACKed, its delivered mark not committed yet
+  };
+  /// (id, to_domain) sent, waiting for the ACK (or for the mark after it).
+  std::map<std::pair<std::string, std::string>, InFlight> in_flight_;
+  std::size_t unanswered_to(const std::string& domain) const;
+  void expire_unanswered();
   std::map<std::uint64_t, InboxListener> listeners_;
   std::uint64_t next_listener_ = 1;
   std::mt19937_64 jitter_;

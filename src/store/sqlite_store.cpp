@@ -495,9 +495,22 @@ class SqliteStore final : public MessageStore {
   };
 
   void post(std::function<Status(Db&)> run, std::function<void(Status)> complete) {
+    bool full = false;
     {
       std::lock_guard lock(mutex_);
-      jobs_.push_back({std::move(run), std::move(complete)});
+      full = jobs_.size() >= options_.max_pending;
+      if (!full) jobs_.push_back({std::move(run), std::move(complete)});
+    }
+    if (full) {
+      // Answered on the loop like any call, never from inside the caller.
+      {
+        std::lock_guard lock(done_mutex_);
+        done_.emplace_back(std::move(complete),
+                           make_error("the store is behind: {} calls wait for the disk (max_pending)",
+                                      options_.max_pending));
+      }
+      uv_async_send(async_.get());
+      return;
     }
     wake_.notify_one();
   }

@@ -35,6 +35,10 @@ struct SqliteStoreOptions {
   /// this long after they finish (at least as long as the delivery lifetime).
   std::chrono::seconds retention{7 * 24 * 3600};
   std::size_t max_batch = 1024;  ///< calls committed in one transaction at most
+  /// Calls waiting for the writer at most (docs/STORE.md, "Budgets"): more
+  /// are answered at once with an error (a peer's MESSAGE then gets NACK
+  /// TemporaryFailure), so a disk slower than the traffic costs no memory.
+  std::size_t max_pending = 100000;
 };
 
 /// Opens (creating if needed, 0600) and migrates the database, takes its
