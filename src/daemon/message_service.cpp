@@ -539,8 +539,9 @@ void MessageService::close_idle() {
   for (const auto& [route, session] : routes_) {
     auto used = opened_.find(session);
     if (used == opened_.end()) continue;
+    const std::string& to_domain = route.second;  // (clang 14 cannot capture a structured binding)
     bool waiting = std::any_of(in_flight_.begin(), in_flight_.end(),
-                               [&](const auto& f) { return f.first.second == route.second; });
+                               [&](const auto& f) { return f.first.second == to_domain; });
     if (waiting) used->second = now;
     if (now - used->second < idle || (keep_open_ && keep_open_(route.first, route.second))) continue;
     closing.emplace_back(session, route);
