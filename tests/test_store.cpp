@@ -277,11 +277,11 @@ TEST_CASE("calls beyond max_pending are refused at once, answered on the loop, a
   constexpr int kMessages = 2000;
   int stored = 0, refused = 0, answered_inside = 0;
   std::set<std::string> accepted;
+  std::vector<char> returned(kMessages, 0);  // call i has returned to its caller
   for (int i = 0; i < kMessages; ++i) {
-    bool returned = false;
     std::string id = "burst-" + std::to_string(i);
-    store->accept_inbound("beta.test", {copy_for("alice@alpha.test", id)}, [&, id](Result<Acceptance> r) {
-      if (!returned) ++answered_inside;
+    store->accept_inbound("beta.test", {copy_for("alice@alpha.test", id)}, [&, id, i](Result<Acceptance> r) {
+      if (!returned[i]) ++answered_inside;
       if (r.ok()) {
         ++stored;
         accepted.insert(id);
@@ -290,7 +290,7 @@ TEST_CASE("calls beyond max_pending are refused at once, answered on the loop, a
         CHECK_THAT(r.error().message, Catch::Contains("max_pending"));
       }
     });
-    returned = true;
+    returned[i] = 1;
   }
   loop.run_until([&] { return stored + refused == kMessages; });
   CHECK(answered_inside == 0);  // never from inside the call

@@ -79,7 +79,7 @@ Result<std::vector<std::shared_ptr<const CachedKeys>>> resolve_all(
       --remaining;
     });
   }
-  reactor.run_until([&] { return remaining == 0; });
+  if (!reactor.run_until([&] { return remaining == 0; })) return make_error("a lookup ended without an answer");
   return answers;
 }
 

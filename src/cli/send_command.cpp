@@ -110,7 +110,10 @@ ExitStatus run_send(const SendOptions& options, std::ostream& out, std::ostream&
       } else {
         node->connect(from, to, address, port, on_session);
       }
-      reactor.run_until([&] { return done; });
+      if (!reactor.run_until([&] { return done; })) {
+        status = ExitStatus::NoSession;
+        detail = "the session ended without an answer";
+      }
     }
   }
 

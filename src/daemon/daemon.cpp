@@ -154,8 +154,11 @@ Status Reactor::start(NodeConfig config, DaemonParts parts, Node::Handlers handl
   return ok_status();
 }
 
-void Reactor::run_until(const std::function<bool()>& done) {
-  while (!done()) uv_run(&loop_, UV_RUN_ONCE);
+bool Reactor::run_until(const std::function<bool()>& done) {
+  while (!done()) {
+    if (uv_run(&loop_, UV_RUN_ONCE) == 0 && !done()) return false;  // nothing left that could make it true
+  }
+  return true;
 }
 
 Status Daemon::reload(NodeConfig next) {

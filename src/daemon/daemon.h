@@ -112,8 +112,10 @@ class Reactor {
   /// Ends the daemon early (SIGTERM): its sessions get ERROR Shutdown.
   void stop_daemon() { daemon_.reset(); }
   bool running() const { return daemon_ != nullptr; }
-  /// Runs the loop one turn at a time until `done()` holds.
-  void run_until(const std::function<bool()>& done);
+  /// Runs the loop one turn at a time until `done()` holds; false if the
+  /// loop ran out of work first (a bug: every lookup and connection has a
+  /// deadline).
+  bool run_until(const std::function<bool()>& done);
   /// Runs the loop until nothing is left to run.
   void run() { uv_run(&loop_, UV_RUN_DEFAULT); }
 

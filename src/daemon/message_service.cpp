@@ -482,14 +482,14 @@ void MessageService::pass() {
 void MessageService::deliver(const QueueEntry& entry) {
   const OutboundMessage& m = entry.message;
   if (in_flight_.count({m.id, m.to_domain}) != 0) return;
-  // A window per domain: a backlog goes out as ACKs come back, never all at
-  // once into a session's write queue (docs/STORE.md, "Budgets").
-  if (unanswered_to(m.to_domain) >= kMaxUnansweredPerDomain) return;
   if (now_ms() >= m.expires) {
     return fail(entry, entry.last_error.empty() ? "not delivered within the delivery lifetime"
                                                 : "not delivered within the delivery lifetime; last error: " +
                                                       entry.last_error);
   }
+  // A window per domain: a backlog goes out as ACKs come back, never all at
+  // once into a session's write queue (docs/STORE.md, "Budgets").
+  if (unanswered_to(m.to_domain) >= kMaxUnansweredPerDomain) return;
   std::pair<std::string, std::string> route{domain_of(m.sender), m.to_domain};
   if (auto it = routes_.find(route); it != routes_.end()) return send_on(it->second, entry);
   if (connecting_.count(route) == 0) connect(route.first, route.second);
@@ -536,6 +536,15 @@ void MessageService::close_idle() {
   UnixMs now = now_ms();
   auto idle = std::chrono::duration_cast<std::chrono::milliseconds>(delivery_.idle_close).count();
   std::vector<std::pair<std::uint64_t, std::pair<std::string, std::string>>> closing;
+  // A session of ours that another (a [[peers]] link's) replaced as the
+  // route carries nothing: closed at once.
+  std::set<std::uint64_t> routed;
+  for (const auto& entry : routes_) routed.insert(entry.second);
+  for (const auto& entry : opened_) {
+    bool waiting = std::any_of(in_flight_.begin(), in_flight_.end(),
+                               [&](const auto& f) { return f.second.session == entry.first; });
+    if (routed.count(entry.first) == 0 && !waiting) closing.emplace_back(entry.first, std::make_pair("", "another session"));
+  }
   for (const auto& [route, session] : routes_) {
     auto used = opened_.find(session);
     if (used == opened_.end()) continue;

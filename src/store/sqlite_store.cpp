@@ -326,8 +326,12 @@ class SqliteStore final : public MessageStore {
            Done<std::vector<QueueEntry>> done) override {
     post_value<std::vector<QueueEntry>>(
         [now, max, domain = std::move(domain)](Db& db) -> Result<std::vector<QueueEntry>> {
+          // At most kMaxDuePerDomain per domain: one domain's backlog never
+          // hides the others' entries behind it.
           static const std::string by_time = fmt::format(
-              "SELECT {} FROM outbound WHERE state = 0 AND next_attempt <= ? ORDER BY submitted, rowid LIMIT ?",
+              "SELECT {0} FROM (SELECT {0}, rowid AS r, ROW_NUMBER() OVER (PARTITION BY to_domain "
+              "ORDER BY submitted, rowid) AS n FROM outbound WHERE state = 0 AND next_attempt <= ?) "
+              "WHERE n <= ? ORDER BY submitted, r LIMIT ?",
               kQueueColumns);
           static const std::string by_domain = fmt::format(
               "SELECT {} FROM outbound WHERE state = 0 AND to_domain = ? ORDER BY submitted, rowid LIMIT ?",
@@ -338,7 +342,7 @@ class SqliteStore final : public MessageStore {
           if (domain) {
             (*r)->bind(*domain);
           } else {
-            (*r)->bind(now);
+            (*r)->bind(now).bind(static_cast<std::int64_t>(kMaxDuePerDomain));
           }
           (*r)->bind(static_cast<std::int64_t>(max));
           return read_queue_entries(**r);

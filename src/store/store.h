@@ -27,6 +27,9 @@ namespace keyfed {
 /// Milliseconds since the Unix epoch (the store's only time unit).
 using UnixMs = std::int64_t;
 
+/// MessageStore::due() gives at most this many entries of one domain.
+inline constexpr std::size_t kMaxDuePerDomain = 64;
+
 /// One copy of a message in one local user's inbox.
 struct InboxMessage {
   std::string id;           ///< imdn.Message-ID, without the angle brackets
@@ -94,8 +97,10 @@ class MessageStore {
                       std::vector<OutboundMessage> outbound, Done<Acceptance> done) = 0;
 
   /// Queued entries whose next attempt is due at `now`, oldest first, at
-  /// most `max`; with `domain`, only that domain's (flushed when a session
-  /// to it comes up, whatever their next attempt).
+  /// most `max`, and at most kMaxDuePerDomain of any one domain (so that a
+  /// domain with a backlog it does not take does not hide the others); with
+  /// `domain`, only that domain's (flushed when a session to it comes up,
+  /// whatever their next attempt).
   virtual void due(UnixMs now, std::size_t max, std::optional<std::string> domain,
                    Done<std::vector<QueueEntry>> done) = 0;
   /// When the next queued entry is due (nullopt: nothing queued).
