@@ -460,8 +460,12 @@ void MessageService::schedule_pass(std::chrono::milliseconds delay) {
 // one due (at least 200 ms on: entries in flight or waiting on a connection
 // are due but taken care of).
 void MessageService::pass() {
-  if (pass_running_) return;
+  if (pass_running_) {
+    pass_again_ = true;  // asked for while one runs: another at once after it
+    return;
+  }
   pass_running_ = true;
+  pass_again_ = false;
   expire_unanswered();
   store_.due(now_ms(), 256, std::nullopt, [this, alive = alive_](Result<std::vector<QueueEntry>> due) {
     if (!*alive) return;
@@ -474,6 +478,7 @@ void MessageService::pass() {
       pass_running_ = false;
       std::int64_t wait = 5000;
       if (next && next->has_value()) wait = std::clamp<std::int64_t>(**next - now_ms(), 200, 5000);
+      if (pass_again_) wait = 0;
       schedule_pass(std::chrono::milliseconds(wait));
     });
   });
@@ -619,7 +624,12 @@ void MessageService::send_on(std::uint64_t session, const QueueEntry& entry) {
       // entry as queued meanwhile must not send it a second time.
       store_.mark_delivered(msg.id, msg.to_domain, now_ms(),
                             [this, alive, id = msg.id, to = msg.to_domain](Status s) {
-                              if (*alive) in_flight_.erase({id, to});
+                              if (*alive) {
+                                in_flight_.erase({id, to});
+                                // Its place in the window is free: the next
+                                // pass goes now, not at the pass timer's pace.
+                                schedule_pass(std::chrono::milliseconds(0));
+                              }
                               if (!s) {
                                 log_at(LogLevel::Error, "delivery: {} to {} ACKed but not marked: {}", id, to,
                                        s.error().message);

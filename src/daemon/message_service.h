@@ -143,6 +143,7 @@ class MessageService {
   DeliverySettings delivery_;
   UvHandle<uv_timer_t> timer_;
   bool pass_running_ = false;
+  bool pass_again_ = false;
   /// Outbound sessions by (local domain, peer domain).
   std::map<std::pair<std::string, std::string>, std::uint64_t> routes_;
   std::set<std::pair<std::string, std::string>> connecting_;

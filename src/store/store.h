@@ -27,8 +27,10 @@ namespace keyfed {
 /// Milliseconds since the Unix epoch (the store's only time unit).
 using UnixMs = std::int64_t;
 
-/// MessageStore::due() gives at most this many entries of one domain.
-inline constexpr std::size_t kMaxDuePerDomain = 64;
+/// MessageStore::due() gives at most this many entries of one domain:
+/// twice the delivery window (message_service.cpp), so that a pass sees the
+/// next messages of a domain beside those still waiting for their marks.
+inline constexpr std::size_t kMaxDuePerDomain = 128;
 
 /// One copy of a message in one local user's inbox.
 struct InboxMessage {
