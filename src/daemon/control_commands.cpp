@@ -213,14 +213,10 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
     }
     json note = request.value("note", json(""));
     if (!note.is_string()) return (void)send(refusal("bad-request", "\"note\" must be a string"));
-    std::string owner = user->user + "@" + user->domain;
-    presence_->publish(owner, status == "open", note.get<std::string>(), [send](Status s) {
-      if (!s) {
-        bool bad_note = s.error().message.starts_with("the note");
-        return (void)send(refusal(bad_note ? "bad-request" : "store", s.error().message));
-      }
-      send({{"ok", true}});
-    });
+    if (Status s = presence_->check_note(note.get<std::string>()); !s) {
+      return (void)send(refusal("bad-request", s.error().message));
+    }
+    presence_->publish(user->user + "@" + user->domain, status == "open", note.get<std::string>(), answer);
     return;
   }
 
@@ -249,13 +245,8 @@ void Daemon::on_control(const json& request, const ControlSocket::Send& send) {
     std::string w = "pres:" + watcher->user + "@" + watcher->domain;
     std::string p = "pres:" + presentity->user + "@" + presentity->domain;
     if (command == "unwatch") return presence_->unwatch(w, p, answer);
-    presence_->watch(w, p, [send](Status s) {
-      if (!s) {
-        bool limit = s.error().message.find("the most it keeps") != std::string::npos;
-        return (void)send(refusal(limit ? "limit" : "store", s.error().message));
-      }
-      send({{"ok", true}});
-    });
+    if (Status s = presence_->check_watch(w, p); !s) return (void)send(refusal("limit", s.error().message));
+    presence_->watch(w, p, answer);
     return;
   }
 

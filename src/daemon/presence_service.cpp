@@ -167,11 +167,14 @@ void PresenceService::load(std::function<void(Status)> done) {
   });
 }
 
+Status PresenceService::check_note(const std::string& note) const {
+  if (note.size() > kMaxPresenceNote) return make_error("the note is longer than {} bytes", kMaxPresenceNote);
+  if (escape_text(note) != note) return make_error("the note holds control characters or is not UTF-8");
+  return ok_status();
+}
+
 void PresenceService::publish(const std::string& user, bool open, const std::string& note, Done done) {
-  if (note.size() > kMaxPresenceNote) {
-    return done(make_error("the note is longer than {} bytes", kMaxPresenceNote));
-  }
-  if (escape_text(note) != note) return done(make_error("the note holds control characters or is not UTF-8"));
+  if (Status s = check_note(note); !s) return done(s);
   std::string presentity = "pres:" + user;
   Seen seen{make_pidf(presentity, open, note), now_ms()};
   store_.put_record(std::string(kPresenceKind), presentity, seen_value(seen),
@@ -205,20 +208,26 @@ bool PresenceService::may_watch(const std::string& watcher, const std::string& p
   return access_.allowed(owner_of(presentity), AccessList::Presence, w->user, w->domain);
 }
 
-void PresenceService::watch(const std::string& watcher, const std::string& presentity, Done done) {
-  if (watches_.count({watcher, presentity}) != 0) return done(ok_status());
+Status PresenceService::check_watch(const std::string& watcher, const std::string& presentity) const {
+  if (watches_.count({watcher, presentity}) != 0) return ok_status();
   if (watches_.size() >= kMaxWatches) {
-    return done(make_error("the node's users watch {} presentities already (the most it keeps)", kMaxWatches));
+    return make_error("the node's users watch {} presentities already (the most it keeps)", kMaxWatches);
   }
   std::string local = domain_of_uri(watcher), remote = domain_of_uri(presentity);
   auto same_route = std::count_if(watches_.begin(), watches_.end(), [&](const auto& w) {
     return domain_of_uri(w.first) == local && domain_of_uri(w.second) == remote;
   });
   if (!hosted(remote) && static_cast<std::size_t>(same_route) >= max_watches_per_domain_) {
-    return done(make_error("{} watches {} presentities of {} already (the most it keeps: "
-                           "max_subscriptions_per_session)",
-                           local, same_route, remote));
+    return make_error("{} watches {} presentities of {} already (the most it keeps: max_subscriptions_per_session)",
+                      local, same_route, remote);
   }
+  return ok_status();
+}
+
+void PresenceService::watch(const std::string& watcher, const std::string& presentity, Done done) {
+  if (watches_.count({watcher, presentity}) != 0) return done(ok_status());
+  if (Status s = check_watch(watcher, presentity); !s) return done(s);
+  std::string local = domain_of_uri(watcher), remote = domain_of_uri(presentity);
   store_.put_record(std::string(kWatchKind), watcher + " " + presentity, "1",
                     [this, alive = alive_, watcher, presentity, local, remote, done](Status s) {
                       if (!s) return done(s);

@@ -68,6 +68,11 @@ class PresenceService {
   void reconfigure(const NodeConfig& config);
 
   using Done = std::function<void(Status)>;
+  /// Whether a note may be published / a watch taken (budgets, docs/STORE.md
+  /// "Presence"): the refusals that are the requester's, not the store's.
+  Status check_note(const std::string& note) const;
+  Status check_watch(const std::string& watcher, const std::string& presentity) const;
+
   /// `user` is "alice@alpha.test", a local user.
   void publish(const std::string& user, bool open, const std::string& note, Done done);
   struct Seen {
