@@ -17,6 +17,8 @@ packages=(
   nlohmann-json3-dev
   libtomlplusplus-dev
   clang libclang-rt-14-dev   # fuzz targets (libFuzzer)
+  knot knot-dnsutils         # Knot DNS: rollover by dynamic update, testbed --dns knot
+  graphviz                   # testbed status --svg
 )
 
 missing=()

@@ -1,0 +1,1 @@
+// Tests of `keyfed check` (docs/CLI.md).

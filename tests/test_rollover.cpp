@@ -1,0 +1,1 @@
+// Tests of `keyfed rollover` (docs/CLI.md).

@@ -1,0 +1,1 @@
+// Tests of `keyfed testbed` (docs/CLI.md).
