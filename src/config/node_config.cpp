@@ -79,7 +79,7 @@ class Reader {
 
 Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& out) {
   if (Status s = r.only_known(table, "resolver",
-                              {"mode", "trust_anchor", "zones", "forwarders", "query_timeout_ms", "max_key_records",
+                              {"mode", "trust_anchor", "zones", "server", "forwarders", "query_timeout_ms", "max_key_records",
                                "upstream_ratelimit"});
       !s) {
     return s;
@@ -127,6 +127,11 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
       out.forwarders.push_back(*fwd);
     }
   }
+  if (const toml::node* node = table.get("server")) {
+    Result<std::string> server = r.string(*node, "server");
+    if (!server) return server.error();
+    out.server = *server;
+  }
   if (const toml::node* node = table.get("query_timeout_ms")) {
     auto ms = r.integer(*node, "query_timeout_ms", kMinQueryTimeout.count(), kMaxQueryTimeout.count());
     if (!ms) return ms.error();
@@ -142,8 +147,8 @@ Status read_resolver(const Reader& r, const toml::table& table, ResolverConfig& 
     if (!v) return v.error();
     out.upstream_ratelimit = static_cast<unsigned>(*v);
   }
-  if (out.mode == ResolverMode::Testbed && out.zones.empty()) {
-    return r.at(table, "[resolver] in testbed mode needs at least one file in 'zones'");
+  if (out.mode == ResolverMode::Testbed && out.zones.empty() && out.server.empty()) {
+    return r.at(table, "[resolver] in testbed mode needs at least one file in 'zones', or a 'server'");
   }
   if (Status s = check_resolver_config(out); !s) return r.at(table, s.error().message);
   return ok_status();

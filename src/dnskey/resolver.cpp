@@ -60,6 +60,15 @@ Result<std::string> unbound_config_text(const ResolverConfig& config) {
   }
   if (config.mode == ResolverMode::Testbed) {
     text += "  local-zone: \"test.\" nodefault\n";  // RFC 6761 name, blocked by default
+    if (!config.server.empty()) {
+      // One authoritative server holds every testbed zone: it is asked
+      // everything (with RD set; it answers from whichever zone is closest),
+      // on loopback, which libunbound refuses to query unless told.
+      if (Status s = check_config_text(config.server, "testbed server"); !s) return s.error();
+      text += "  do-not-query-localhost: no\n";
+      text += fmt::format("forward-zone:\n  name: \".\"\n  forward-addr: {}\n", config.server);
+      return text;
+    }
     text += "  local-zone: \".\" refuse\n";
     // Delegations to zones that were not loaded must fail at once, not wait
     // on name servers: the testbed sends no packet anywhere.

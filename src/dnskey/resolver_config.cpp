@@ -1,5 +1,7 @@
 #include "dnskey/resolver_config.h"
 
+#include <arpa/inet.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -128,10 +130,29 @@ Status check_resolver_config(const ResolverConfig& config) {
   Status anchor = check_trust_anchor_file(config.trust_anchor);
   if (!anchor) return anchor;
   if (config.mode == ResolverMode::Testbed) {
-    if (config.zones.empty()) return make_error("testbed resolver has no zone files");
+    if (config.zones.empty() && config.server.empty()) {
+      return make_error("testbed resolver has neither zone files nor a server");
+    }
+    if (!config.zones.empty() && !config.server.empty()) {
+      return make_error("testbed resolver has both zone files and a server: choose one");
+    }
     if (!config.forwarders.empty()) return make_error("testbed resolver cannot have forwarders");
-  } else if (!config.zones.empty()) {
-    return make_error("zone files are only served in testbed mode");
+    if (!config.server.empty()) {
+      std::size_t at = config.server.find('@');
+      std::string address = config.server.substr(0, at);
+      in6_addr a6{};
+      in_addr a4{};
+      bool numeric = inet_pton(AF_INET, address.c_str(), &a4) == 1 || inet_pton(AF_INET6, address.c_str(), &a6) == 1;
+      bool port_ok = at == std::string::npos ||
+                     (at + 1 < config.server.size() && at + 6 >= config.server.size() &&
+                      config.server.find_first_not_of("0123456789", at + 1) == std::string::npos &&
+                      std::stoul(config.server.substr(at + 1)) >= 1 && std::stoul(config.server.substr(at + 1)) <= 65535);
+      if (!numeric || !port_ok) {
+        return make_error("testbed server '{}' is not a numeric address with an optional @PORT", config.server);
+      }
+    }
+  } else if (!config.zones.empty() || !config.server.empty()) {
+    return make_error("zone files and a server are only used in testbed mode");
   }
   return ok_status();
 }

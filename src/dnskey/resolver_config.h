@@ -30,6 +30,10 @@ struct ResolverConfig {
   std::vector<ZoneFile> zones;
   /// Production: "ADDR" or "ADDR@PORT"; empty means full recursion from the root.
   std::vector<std::string> forwarders;
+  /// Testbed, instead of zone files: "ADDR@PORT" of one authoritative DNS
+  /// server (loopback, e.g. Knot DNS run by `keyfed testbed --dns knot`)
+  /// asked every question, so each lookup crosses a real DNS server.
+  std::string server;
   /// Past this, a query is cancelled and its outcome is temp-fail.
   std::chrono::milliseconds query_timeout{3000};
   /// A KEY answer with more records than this is refused unread
