@@ -5,7 +5,7 @@
 #include <optional>
 #include <tuple>
 
-#include "cli/control_client.h"
+#include "daemon/control_client.h"
 #include "common/log.h"
 #include "config/node_config.h"
 #include "daemon/control_socket.h"

@@ -1,4 +1,4 @@
-#include "cli/control_client.h"
+#include "daemon/control_client.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>
