@@ -6,6 +6,7 @@
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
 #include "cli/send_command.h"
+#include "cli/testbed_command.h"
 #include "cli/user_commands.h"
 
 namespace keyfed {
@@ -29,6 +30,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   add_presence_commands(app, presence_options);
   KeygenOptions keygen_options;
   CLI::App* keygen = add_keygen_command(app, keygen_options);
+  TestbedCommandOptions testbed_options;
+  CLI::App* testbed = add_testbed_command(app, testbed_options);
 
   try {
     app.parse(argc, argv);
@@ -57,6 +60,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     return static_cast<int>(run_presence_command(presence_options, out, err));
   }
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
+  if (testbed->parsed()) return static_cast<int>(run_testbed(testbed_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 
