@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -378,7 +380,31 @@ Status Testbed::wait_listening(const TestbedDomain& d, std::chrono::milliseconds
                     limit.count(), node_log(d).string());
 }
 
+// A port another program holds makes a node fail at start; say which first.
+static Status port_free(std::uint16_t port, int type) {
+  int fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_error("cannot create a socket: {}", std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return make_error("127.0.0.1:{} is taken ({}); choose another --base-port", port, std::strerror(err));
+  return ok_status();
+}
+
 Status Testbed::up(std::ostream& progress, std::chrono::seconds limit) {
+  for (TestbedDomain* d : nodes()) {
+    if (running(*d)) continue;
+    if (Status s = port_free(d->port, SOCK_STREAM); !s) return make_error("{}: {}", d->name, s.error().message);
+  }
+  if (dns_ == TestbedDns::Knot && knot_pid_ == 0) {
+    if (Status s = port_free(base_port_, SOCK_DGRAM); !s) return make_error("Knot DNS: {}", s.error().message);
+  }
   if (dns_ == TestbedDns::Knot) {
     if (Status s = start_knot(); !s) return s;
   }
