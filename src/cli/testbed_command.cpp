@@ -44,6 +44,10 @@ ExitStatus up(const TestbedCommandOptions& o, std::ostream& out, std::ostream& e
     out << fmt::format("testbed in {}: {} domains under test., {} DNS, keys and zones generated\n",
                        tb->dir().string(), tb->nodes().size(), to_string(tb->dns()));
   }
+  if (Status s = tb->check_ports(); !s) {
+    err << "keyfed: error: " << s.error().message << "\n";
+    return ExitStatus::BadInput;
+  }
   if (Status s = tb->up(out); !s) {
     err << "keyfed: error: " << s.error().message << "\n";
     return ExitStatus::InternalError;

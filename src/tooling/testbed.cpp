@@ -397,7 +397,7 @@ static Status port_free(std::uint16_t port, int type) {
   return ok_status();
 }
 
-Status Testbed::up(std::ostream& progress, std::chrono::seconds limit) {
+Status Testbed::check_ports() {
   for (TestbedDomain* d : nodes()) {
     if (running(*d)) continue;
     if (Status s = port_free(d->port, SOCK_STREAM); !s) return make_error("{}: {}", d->name, s.error().message);
@@ -405,6 +405,11 @@ Status Testbed::up(std::ostream& progress, std::chrono::seconds limit) {
   if (dns_ == TestbedDns::Knot && knot_pid_ == 0) {
     if (Status s = port_free(base_port_, SOCK_DGRAM); !s) return make_error("Knot DNS: {}", s.error().message);
   }
+  return ok_status();
+}
+
+Status Testbed::up(std::ostream& progress, std::chrono::seconds limit) {
+  if (Status s = check_ports(); !s) return s;
   if (dns_ == TestbedDns::Knot) {
     if (Status s = start_knot(); !s) return s;
   }

@@ -69,6 +69,9 @@ class Testbed {
   /// The domains that run a node.
   std::vector<TestbedDomain*> nodes();
 
+  /// Every port a node (or Knot) that is not running needs is free; the
+  /// error names the one that is not.
+  Status check_ports();
   /// Starts DNS (Knot) and every node that is not running; returns once
   /// every node listens and answers on its control socket.
   Status up(std::ostream& progress, std::chrono::seconds limit = std::chrono::seconds(60));
