@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,10 @@ namespace keyfed {
 
 class Testbed;
 
+/// Writes Knot's setup for the testbed's zones into DIR/knot (zone keys
+/// imported into its KASP, zones with the DS chain, TSIG key, knot.conf) and
+/// makes its key for test. the testbed's trust anchor.
+Status knot_write_setup(Testbed& testbed, std::uint16_t port);
 /// Starts knotd for the testbed's zones (detached); its pid once every zone
 /// answers signed.
 Result<pid_t> knot_start(Testbed& testbed);

@@ -181,10 +181,8 @@ Result<Testbed> Testbed::create(const TestbedOptions& options) {
   if (tb.dns_ == TestbedDns::Embedded) {
     if (Status s = tb.write_zones(all); !s) return s.error();
   } else {
-    // Knot signs the zones itself; the unsigned zones are its input.
-    for (const std::string& origin : all) {
-      if (Status s = write_file(tb.dir_ / "zones" / (origin + ".zone"), tb.zone_text(origin)); !s) return s.error();
-    }
+    // Knot signs the zones itself (knot_server.h).
+    if (Status s = knot_write_setup(tb, tb.base_port_); !s) return s.error();
   }
   for (TestbedDomain* d : tb.nodes()) {
     if (Status s = tb.write_node_config(*d); !s) return s.error();
