@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/check_command.h"
 #include "cli/keygen_command.h"
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
@@ -29,6 +30,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   add_presence_commands(app, presence_options);
   KeygenOptions keygen_options;
   CLI::App* keygen = add_keygen_command(app, keygen_options);
+  CheckOptions check_options;
+  CLI::App* check = add_check_command(app, check_options);
 
   try {
     app.parse(argc, argv);
@@ -57,6 +60,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     return static_cast<int>(run_presence_command(presence_options, out, err));
   }
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
+  if (check->parsed()) return static_cast<int>(run_check_command(check_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 
