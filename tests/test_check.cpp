@@ -3,6 +3,11 @@
 // loopback at the ports the testbed's SRV records name.
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <regex>
 #include <set>
@@ -270,6 +275,31 @@ TEST_CASE("check: servers found by discovery, on the testbed's ports", "[check]"
     Ran ran = check_beside(loop, check_args({"alpha.test"}));
     CHECK(ran.status == 15);
     CHECK(problems(ran.out, "error") == std::set<std::string>{"server-tls-failed"});
+  }
+
+  SECTION("a server that accepts the connection and never speaks: the handshake deadline") {
+    // A listening socket nobody accepts on: the kernel completes TCP, TLS never starts.
+    int silent = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(silent >= 0);
+    int one = 1;
+    ::setsockopt(silent, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(25411);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(silent, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+    REQUIRE(::listen(silent, 4) == 0);
+    FedNode server2(loop, "alpha.test", fedkey("alpha-1"), settings, steady_clock_fn(), 25401);
+    TempDir dir;
+    auto started = std::chrono::steady_clock::now();
+    Ran ran = check_beside(loop, {"check", "--config", write_config(dir, 30, "[limits]\nhandshake_timeout_ms = 500\n"),
+                                  "alpha.test"});
+    auto took = std::chrono::steady_clock::now() - started;
+    ::close(silent);
+    CHECK(ran.status == 1);  // the second server authenticates
+    CHECK(problems(ran.out, "warning") == std::set<std::string>{"server-tls-failed"});
+    CHECK_THAT(ran.out, Catch::Contains("no TLS handshake within 500 ms"));
+    CHECK(took < std::chrono::seconds(5));
   }
 
   SECTION("signatures expiring within --warn-days") {
