@@ -27,14 +27,15 @@ namespace {
 
 std::string testbed(const std::string& name) { return (testbed_dir() / name).string(); }
 
-// keyfed.toml with absolute paths, `min_ttl` replaced, and `extra` appended.
-std::string write_config(const TempDir& dir, int min_ttl = 30, const std::string& extra = "") {
+// keyfed.toml with absolute paths, `min_ttl` and `max_ttl` replaced, and `extra` appended.
+std::string write_config(const TempDir& dir, int min_ttl = 30, const std::string& extra = "", int max_ttl = 86400) {
   std::ifstream base(testbed_dir() / "keyfed.toml");
   std::stringstream text;
   text << base.rdbuf();
   std::string config = std::regex_replace(text.str(), std::regex("\"([a-z0-9][a-z0-9.-]*\\.(ds|signed|zone))\""),
                                           "\"" + testbed_dir().string() + "/$1\"");
   config = std::regex_replace(config, std::regex("min_ttl = 30"), "min_ttl = " + std::to_string(min_ttl));
+  config = std::regex_replace(config, std::regex("max_ttl = 86400"), "max_ttl = " + std::to_string(max_ttl));
   auto path = dir.path() / "check.toml";
   std::ofstream(path) << config << "\n" << extra;
   return path.string();
@@ -240,6 +241,9 @@ TEST_CASE("check: servers found by discovery, on the testbed's ports", "[check]"
     CHECK(low.status == 1);
     CHECK(problems(low.out, "warning") == std::set<std::string>{"ttl-too-low"});
     CHECK(problems(low.out, "error").empty());
+    Ran high = check_beside(loop, {"check", "--config", write_config(dir, 30, "", 100), "alpha.test"});
+    CHECK(high.status == 1);
+    CHECK(problems(high.out, "warning") == std::set<std::string>{"ttl-too-high"});
   }
 
   SECTION("the first server is dark: a warning while the second authenticates") {

@@ -68,9 +68,7 @@ void read_aliases(const ldns_pkt* packet, DomainKeys& out) {
     // RFC 4034 section 3.1.5: 32-bit seconds since the epoch (serial
     // arithmetic past 2106 is not needed for signatures of this century).
     auto expiration = static_cast<std::int64_t>(ldns_rdf2native_int32(ldns_rr_rrsig_expiration(rr)));
-    auto inception = static_cast<std::int64_t>(ldns_rdf2native_int32(ldns_rr_rrsig_inception(rr)));
     if (out.signatures_expire == 0 || expiration < out.signatures_expire) out.signatures_expire = expiration;
-    out.signatures_incepted = std::max(out.signatures_incepted, inception);
     std::uint8_t labels = ldns_rdf2native_int8(ldns_rr_rrsig_labels(rr));
     std::uint8_t owner_labels = ldns_dname_label_count(ldns_rr_owner(rr));
     if (labels >= owner_labels) continue;
