@@ -184,6 +184,12 @@ TEST_CASE("check: our key missing from the validated keys", "[check]") {
   CHECK(problems(ran.out, "error").count("key-not-published") == 1);
   CHECK_THAT(ran.out, Catch::Contains("_impp._tcp.alpha.test. 300 IN KEY 512 1 15 "));  // what to publish
 
+  // From zone files alone, as an administrator checks before publishing.
+  Ran zones = check({"check", "--trust-anchor", testbed("trust-anchor.ds"), "--zone", testbed("test.zone.signed"),
+                     "--zone", testbed("alpha.test.zone.signed"), "--key", fedkey("beta-new").string(), "alpha.test"});
+  CHECK(zones.status == 11);
+  CHECK(problems(zones.out, "error").count("key-not-published") == 1);
+
   // The configuration's [[domains]] keys: the first is published, the second is not.
   TempDir dir;
   std::string config = write_config(dir, 30,
