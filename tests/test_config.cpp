@@ -33,7 +33,7 @@ TEST_CASE("the generated testbed configuration loads", "[config]") {
   Result<NodeConfig> config = load_node_config(test::testbed_dir() / "keyfed.toml");
   REQUIRE(config.ok());
   CHECK(config->resolver.mode == ResolverMode::Testbed);
-  CHECK(config->resolver.zones.size() == 18);
+  CHECK(config->resolver.zones.size() == 19);  // expiring.test included
   CHECK(config->resolver.query_timeout == std::chrono::milliseconds(3000));
   CHECK(config->key_cache.failure_ttl == std::chrono::seconds(60));
   bool has_parent = false;

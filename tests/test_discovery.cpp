@@ -3,6 +3,7 @@
 
 #include "fed_harness.h"
 #include "federation/discovery.h"
+#include "testbed_ports.h"
 
 using namespace keyfed;
 using namespace keyfed::test;
@@ -76,6 +77,7 @@ TEST_CASE("discovery finds servers by SRV, falls back to the domain's address, a
 // One test case for every fixed port the testbed zones name (25401, 25402,
 // 25411), so parallel test processes never compete for them.
 TEST_CASE("nodes reach each other through discovery, trying servers in order", "[discovery][federation]") {
+  TestbedPortsLock ports;  // test_check.cpp listens on them too
   TestLoop loop;
   auto settings = [](NodeSettings& s) {
     s.default_port = 25402;

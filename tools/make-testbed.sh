@@ -11,7 +11,8 @@
 #   keyfed.toml             a node configuration resolving through these zones
 #   node-alpha.toml, node-beta.toml   two nodes for the demo (ports 25301, 25302)
 #   domains.txt             the testbed domains, for the demo
-# Signatures are valid from one day ago for 30 days (except the "expired" zone),
+# Signatures are valid from one day ago for 30 days (except the "expired" zone,
+# and the "expiring" zone's, which expire two days after the build),
 # so the output must be regenerated, never committed. See docs/TESTBED.md.
 set -euo pipefail
 umask 077
@@ -103,6 +104,7 @@ zone_key() { # origin -> prints key basename (created once per origin)
 now=$(date -u +%s)
 inception=$(date -u -d "@$((now - 86400))" +%Y%m%d%H%M%S)
 expiration=$(date -u -d "@$((now + 30 * 86400))" +%Y%m%d%H%M%S)
+soon=$(date -u -d "@$((now + 2 * 86400))" +%Y%m%d%H%M%S)  # the "expiring" mode
 
 declare -A ds_of
 zones=()
@@ -134,6 +136,7 @@ while read -r stem origin mode; do
   key=$(zone_key "$origin")
   case $mode in
     signed|tamper|wrong-ds) ldns-signzone -i "$inception" -e "$expiration" -f "$out/$stem.zone.signed" -o "$origin" "$work" "$key" ;;
+    expiring) ldns-signzone -i "$inception" -e "$soon" -f "$out/$stem.zone.signed" -o "$origin" "$work" "$key" ;;
     expired) ldns-signzone -i 20200101000000 -e 20200201000000 -f "$out/$stem.zone.signed" -o "$origin" "$work" "$key" ;;
     *) die "$zones_dir/testbed.manifest: unknown mode '$mode' for $stem" ;;
   esac
@@ -191,7 +194,7 @@ node_config alpha.test alpha-1 25301 > "$out/node-alpha.toml"
 node_config beta.test beta-new 25302 alpha.test 25301 > "$out/node-beta.toml"
 
 printf '%s\n' alpha.test beta.test gamma.test nokey.test absent.test unsupported.test mixed.test \
-  insecure.test expired.test tampered.test badds.test alias.test dname.test x.wild.test x.many.wild.test \
+  insecure.test expired.test tampered.test badds.test expiring.test alias.test dname.test x.wild.test x.many.wild.test \
   > "$out/domains.txt"
 chmod 0644 "$out"/*.zone* "$out/trust-anchor.ds" "$out"/*.toml "$out/domains.txt"
 rm -rf "$out/work"

@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/check_command.h"
 #include "cli/keygen_command.h"
 #include "cli/lookup_command.h"
 #include "cli/run_command.h"
@@ -32,6 +33,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App* keygen = add_keygen_command(app, keygen_options);
   TestbedCommandOptions testbed_options;
   CLI::App* testbed = add_testbed_command(app, testbed_options);
+  CheckOptions check_options;
+  CLI::App* check = add_check_command(app, check_options);
 
   try {
     app.parse(argc, argv);
@@ -61,6 +64,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   }
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
   if (testbed->parsed()) return static_cast<int>(run_testbed(testbed_options, out, err));
+  if (check->parsed()) return static_cast<int>(run_check_command(check_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 

@@ -35,28 +35,11 @@ struct Settings {
 };
 
 Result<Settings> settings_from(const LookupOptions& options) {
+  Result<NodeConfig> config = resolution_config(options.config, options.trust_anchor, options.zones);
+  if (!config) return config.error();
   Settings settings;
-  if (!options.config.empty()) {
-    if (!options.trust_anchor.empty() || !options.zones.empty()) {
-      return make_error("--config cannot be combined with --trust-anchor or --zone");
-    }
-    Result<NodeConfig> config = load_node_config(options.config);
-    if (!config) return config.error();
-    settings.resolver = std::move(config->resolver);
-    settings.key_cache = config->key_cache;
-  } else if (!options.trust_anchor.empty() || !options.zones.empty()) {
-    if (options.trust_anchor.empty()) return make_error("--zone needs --trust-anchor FILE");
-    if (options.zones.empty()) return make_error("--trust-anchor needs at least one --zone FILE");
-    settings.resolver.mode = ResolverMode::Testbed;
-    settings.resolver.trust_anchor = options.trust_anchor;
-    for (const std::string& file : options.zones) {
-      Result<ZoneFile> zone = inspect_zone_file(file);
-      if (!zone) return zone.error();
-      settings.resolver.zones.push_back(std::move(zone).value());
-    }
-  } else {
-    return make_error("say where keys come from: --config FILE, or --trust-anchor FILE --zone FILE...");
-  }
+  settings.resolver = std::move(config->resolver);
+  settings.key_cache = config->key_cache;
   // KeyResolver::create() checks the finished settings (trust anchor, zones, timeout).
   if (options.timeout_ms != 0) settings.resolver.query_timeout = std::chrono::milliseconds{options.timeout_ms};
   return settings;
@@ -106,6 +89,30 @@ void print_table(std::ostream& out, const std::vector<std::shared_ptr<const Cach
 }
 
 }  // namespace
+
+Result<NodeConfig> resolution_config(const std::string& config_file, const std::string& trust_anchor,
+                                     const std::vector<std::string>& zones) {
+  if (!config_file.empty()) {
+    if (!trust_anchor.empty() || !zones.empty()) {
+      return make_error("--config cannot be combined with --trust-anchor or --zone");
+    }
+    return load_node_config(config_file);
+  }
+  if (trust_anchor.empty() && zones.empty()) {
+    return make_error("say where keys come from: --config FILE, or --trust-anchor FILE --zone FILE...");
+  }
+  if (trust_anchor.empty()) return make_error("--zone needs --trust-anchor FILE");
+  if (zones.empty()) return make_error("--trust-anchor needs at least one --zone FILE");
+  NodeConfig config;
+  config.resolver.mode = ResolverMode::Testbed;
+  config.resolver.trust_anchor = trust_anchor;
+  for (const std::string& file : zones) {
+    Result<ZoneFile> zone = inspect_zone_file(file);
+    if (!zone) return zone.error();
+    config.resolver.zones.push_back(std::move(zone).value());
+  }
+  return config;
+}
 
 std::string exit_status_help() {
   return "Exit status (with several domains, the highest applies):\n"

@@ -65,6 +65,10 @@ void read_aliases(const ldns_pkt* packet, DomainKeys& out) {
     const ldns_rr* rr = ldns_rr_list_rr(sigs.get(), i);
     if (ldns_rr_rd_count(rr) < 8 || ldns_rdf2rr_type(ldns_rr_rrsig_typecovered(rr)) != LDNS_RR_TYPE_KEY) continue;
     out.signer = name_text(ldns_rr_rrsig_signame(rr));
+    // RFC 4034 section 3.1.5: 32-bit seconds since the epoch (serial
+    // arithmetic past 2106 is not needed for signatures of this century).
+    auto expiration = static_cast<std::int64_t>(ldns_rdf2native_int32(ldns_rr_rrsig_expiration(rr)));
+    if (out.signatures_expire == 0 || expiration < out.signatures_expire) out.signatures_expire = expiration;
     std::uint8_t labels = ldns_rdf2native_int8(ldns_rr_rrsig_labels(rr));
     std::uint8_t owner_labels = ldns_dname_label_count(ldns_rr_owner(rr));
     if (labels >= owner_labels) continue;

@@ -32,6 +32,11 @@ struct DomainKeys {
   /// The zone whose key signed the KEY RRset (the RRSIG's signer name),
   /// lower-cased: who published these keys. Empty when unsigned.
   std::string signer;
+  /// The earliest expiration (UNIX time, seconds) of the RRSIGs over the KEY
+  /// RRset in the answer; 0 when the answer carries none (unsigned,
+  /// denials). `keyfed check` warns ahead of it; an expired signature is
+  /// already bogus.
+  std::int64_t signatures_expire = 0;
 };
 
 /// How many KEY records an answer may hold before it is refused unparsed

@@ -13,7 +13,7 @@ namespace keyfed {
 
 struct Discovery::Job {
   std::string domain;
-  Callback callback;
+  DetailedCallback callback;
   std::vector<SrvRecord> srv;  // ordered; empty when falling back to the domain's addresses
   bool via_srv = false;
   bool secure = true;
@@ -21,6 +21,8 @@ struct Discovery::Job {
   std::map<std::pair<std::string, int>, std::vector<std::string>> addresses;  // (host, port) -> addresses
   std::vector<std::pair<std::string, int>> hosts;                              // in order
   std::string failure;
+
+  void fail(DiscoveryFailure why, Error error) { callback(std::move(error), why); }
 };
 
 namespace {
@@ -74,6 +76,13 @@ Discovery::Discovery(KeyResolver& resolver, int default_port)
 Discovery::~Discovery() { alive_.reset(); }
 
 void Discovery::discover(const std::string& domain, Callback callback) {
+  discover(domain, DetailedCallback([callback = std::move(callback)](Result<DiscoveredServers> found,
+                                                                      DiscoveryFailure) {
+             callback(std::move(found));
+           }));
+}
+
+void Discovery::discover(const std::string& domain, DetailedCallback callback) {
   auto job = std::make_shared<Job>();
   job->domain = domain;
   job->callback = std::move(callback);
@@ -85,13 +94,16 @@ void Discovery::discover(const std::string& domain, Callback callback) {
 }
 
 void Discovery::on_srv(const std::shared_ptr<Job>& job, const ub_result* answer, const std::string& failure) {
-  if (answer == nullptr) return job->callback(make_error("SRV lookup for {}: {}", job->domain, failure));
+  if (answer == nullptr) {
+    return job->fail(DiscoveryFailure::TempFail, make_error("SRV lookup for {}: {}", job->domain, failure));
+  }
   if (answer->bogus) {
-    return job->callback(make_error("SRV lookup for {} is bogus: {}", job->domain,
+    return job->fail(DiscoveryFailure::Bogus, make_error("SRV lookup for {} is bogus: {}", job->domain,
                                     answer->why_bogus != nullptr ? answer->why_bogus : "validation failed"));
   }
   if (answer->rcode != 0 && answer->rcode != 3) {
-    return job->callback(make_error("SRV lookup for {} failed (rcode {})", job->domain, answer->rcode));
+    return job->fail(DiscoveryFailure::TempFail,
+                     make_error("SRV lookup for {} failed (rcode {})", job->domain, answer->rcode));
   }
   job->secure = answer->secure != 0;
   if (answer->havedata) {
@@ -104,7 +116,8 @@ void Discovery::on_srv(const std::shared_ptr<Job>& job, const ub_result* answer,
                          ldns_rdf2native_int16(ldns_rr_rdf(rr, 2)), strip_dot(rdf_text(ldns_rr_rdf(rr, 3)))});
     }
     if (records.size() == 1 && records[0].target == ".") {
-      return job->callback(make_error("{} says it offers no federation service (SRV target \".\")", job->domain));
+      return job->fail(DiscoveryFailure::NoService,
+                       make_error("{} says it offers no federation service (SRV target \".\")", job->domain));
     }
     job->srv = order_srv_records(std::move(records), random_);
     if (job->srv.size() > kMaxSrvTargets) job->srv.resize(kMaxSrvTargets);
@@ -134,7 +147,7 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
           }
         }
         if (--job->outstanding > 0) return;
-        if (!job->failure.empty()) return job->callback(make_error("{}", job->failure));
+        if (!job->failure.empty()) return job->fail(DiscoveryFailure::Bogus, make_error("{}", job->failure));
         DiscoveredServers found;
         found.via_srv = job->via_srv;
         found.secure = job->secure;
@@ -143,8 +156,11 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
             if (found.servers.size() < kMaxServers) found.servers.push_back({h.first, address, h.second});
           }
         }
-        if (found.servers.empty()) return job->callback(make_error("no address found for the servers of {}", job->domain));
-        job->callback(std::move(found));
+        if (found.servers.empty()) {
+          return job->fail(DiscoveryFailure::NoAddress,
+                           make_error("no address found for the servers of {}", job->domain));
+        }
+        job->callback(std::move(found), DiscoveryFailure::None);
       });
     }
   }

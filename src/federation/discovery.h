@@ -45,9 +45,21 @@ struct DiscoveredServers {
   bool secure = false;  ///< every answer used was DNSSEC-validated
 };
 
+/// Why a discovery found no server, for callers that report it (`keyfed
+/// check`): the DNS could not be asked or judged, or it says there is none.
+enum class DiscoveryFailure {
+  None,       ///< servers were found
+  TempFail,   ///< an SRV query failed or timed out (SERVFAIL, REFUSED, deadline)
+  Bogus,      ///< an SRV or address answer failed DNSSEC validation
+  NoService,  ///< a single SRV record with target "." (RFC 2782)
+  NoAddress,  ///< no A or AAAA record for any target (or for the domain, without SRV)
+};
+
 class Discovery {
  public:
   using Callback = std::function<void(Result<DiscoveredServers>)>;
+  /// The same result, with why there is no server when it is an error.
+  using DetailedCallback = std::function<void(Result<DiscoveredServers>, DiscoveryFailure)>;
   /// The resolver must outlive this object.
   Discovery(KeyResolver& resolver, int default_port);
   ~Discovery();
@@ -57,6 +69,7 @@ class Discovery {
   /// Finds the servers of `domain` (normalized). A bogus answer is an error,
   /// never a reason to fall back (no downgrade). The callback runs on the loop.
   void discover(const std::string& domain, Callback callback);
+  void discover(const std::string& domain, DetailedCallback callback);
   /// For discoveries started from now on.
   void set_default_port(int port) { default_port_ = port; }
 

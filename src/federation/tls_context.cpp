@@ -60,6 +60,20 @@ int select_identity(SSL* ssl, int* alert, void* arg) {
 
 }  // namespace
 
+Result<SslCtxPtr> make_client_context() {
+  SslCtxPtr client(openssl_call([] { return SSL_CTX_new(TLS_client_method()); }));
+  if (!client) return make_error("cannot create a TLS client context");
+  if (Status s = configure(client.get()); !s) return s.error();
+  SSL_CTX_set_verify(client.get(), SSL_VERIFY_PEER, accept_any_certificate);
+  if (Status s = openssl_check("cannot offer ALPN", [&] {
+        return SSL_CTX_set_alpn_protos(client.get(), kAlpnWire, sizeof kAlpnWire) == 0 ? 1 : 0;
+      });
+      !s) {
+    return s.error();
+  }
+  return client;
+}
+
 std::shared_ptr<const DomainIdentity> IdentitySet::find(std::string_view domain) const {
   auto it = by_domain.find(domain);
   return it == by_domain.end() ? nullptr : it->second;
@@ -74,10 +88,11 @@ Result<std::shared_ptr<const TlsContexts>> TlsContexts::create(std::shared_ptr<c
   out->identities_ = std::move(identities);
   out->client_certificate_optional_ = client_certificate_optional;
   out->server_.reset(openssl_call([] { return SSL_CTX_new(TLS_server_method()); }));
-  out->client_.reset(openssl_call([] { return SSL_CTX_new(TLS_client_method()); }));
-  if (!out->server_ || !out->client_) return make_error("cannot create TLS contexts");
+  if (!out->server_) return make_error("cannot create TLS contexts");
   if (Status s = configure(out->server_.get()); !s) return s.error();
-  if (Status s = configure(out->client_.get()); !s) return s.error();
+  Result<SslCtxPtr> client = make_client_context();
+  if (!client) return client.error();
+  out->client_ = std::move(client).value();
 
   SSL_CTX* server = out->server_.get();
   // docs/PROTOCOL.md §2: without a certificate a client cannot authenticate;
@@ -85,7 +100,6 @@ Result<std::shared_ptr<const TlsContexts>> TlsContexts::create(std::shared_ptr<c
   // anonymous client costs no CLAIM and no lookup.
   int verify = SSL_VERIFY_PEER | (client_certificate_optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
   SSL_CTX_set_verify(server, verify, accept_any_certificate);
-  SSL_CTX_set_verify(out->client_.get(), SSL_VERIFY_PEER, accept_any_certificate);
   SSL_CTX_set_alpn_select_cb(server, select_alpn, nullptr);
   SSL_CTX_set_tlsext_servername_callback(server, select_identity);
   SSL_CTX_set_tlsext_servername_arg(server, const_cast<IdentitySet*>(out->identities_.get()));
@@ -96,12 +110,6 @@ Result<std::shared_ptr<const TlsContexts>> TlsContexts::create(std::shared_ptr<c
                        SSL_CTX_use_PrivateKey(server, first.key.get()) == 1
                    ? 1
                    : 0;
-      });
-      !s) {
-    return s.error();
-  }
-  if (Status s = openssl_check("cannot offer ALPN", [&] {
-        return SSL_CTX_set_alpn_protos(out->client_.get(), kAlpnWire, sizeof kAlpnWire) == 0 ? 1 : 0;
       });
       !s) {
     return s.error();

@@ -23,6 +23,12 @@ struct IdentitySet {
   std::shared_ptr<const DomainIdentity> find(std::string_view domain) const;
 };
 
+/// A client context exactly as a node's (TLS 1.3 only, its groups and
+/// signature algorithms, ALPN keyfed/2, any certificate accepted: the key is
+/// checked against DNS afterwards), without a certificate of its own. The
+/// node's client context is one of these; `keyfed check` probes servers with it.
+Result<SslCtxPtr> make_client_context();
+
 class TlsContexts {
  public:
   /// Server and client contexts: TLS 1.3 only, X25519/P-256, Ed25519 and
