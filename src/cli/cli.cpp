@@ -4,6 +4,7 @@
 
 #include "cli/keygen_command.h"
 #include "cli/lookup_command.h"
+#include "cli/rollover_command.h"
 #include "cli/run_command.h"
 #include "cli/send_command.h"
 #include "cli/user_commands.h"
@@ -29,6 +30,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   add_presence_commands(app, presence_options);
   KeygenOptions keygen_options;
   CLI::App* keygen = add_keygen_command(app, keygen_options);
+  RolloverCommandOptions rollover_options;
+  CLI::App* rollover = add_rollover_command(app, rollover_options);
 
   try {
     app.parse(argc, argv);
@@ -57,6 +60,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     return static_cast<int>(run_presence_command(presence_options, out, err));
   }
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
+  if (rollover->parsed()) return static_cast<int>(run_rollover_command(rollover_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 
