@@ -422,6 +422,7 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   auto next = nlohmann::json::parse(out1);
   const std::string new_key = next["new_key"]["key"];
   const int new_tag = next["new_key"]["key_tag"];
+  const int old_tag = next["old_key"]["key_tag"];
   send();
   // Switching at once is refused with its own status.
   auto [s2, out2, err2] = rollover("switch");
@@ -458,7 +459,11 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
                                                      new_tag)),
                               15000)
                     .empty());
-  // Zero failed handshakes: no refusal in either node's audit lines.
+  // Zero failed handshakes: no handshake, claim or connect refused or
+  // deferred in either node's audit lines (POLICY.md §5). The one kind of
+  // `refuse` allowed is the documented effect of retiring: a `revoke` of a
+  // session still authenticated by the old key, which is then re-established
+  // with the new one (above).
   beta_node.signal(SIGTERM);
   alpha_node.signal(SIGTERM);
   CHECK(beta_node.wait_exit() == 0);
@@ -466,11 +471,18 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   int audits = 0;
   for (const Child* node : {&alpha_node, &beta_node}) {
     for (const std::string& line : node->lines()) {
-      if (line.find("audit ") == std::string::npos) continue;
+      std::size_t at = line.find("audit {");
+      if (at == std::string::npos) continue;
       ++audits;
       INFO(line);
-      CHECK(line.find("\"decision\":\"refuse\"") == std::string::npos);
-      CHECK(line.find("\"decision\":\"defer\"") == std::string::npos);
+      auto audit = nlohmann::json::parse(line.substr(at + 6));
+      if (audit["event"] == "revoke") {
+        CHECK(audit["claimed_domain"] == "beta.test");
+        CHECK(audit["key_tag"] == old_tag);
+        continue;
+      }
+      CHECK(audit["decision"] != "refuse");
+      CHECK(audit["decision"] != "defer");
     }
   }
   CHECK(audits >= 4);

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
@@ -18,7 +20,7 @@
 namespace keyfed {
 namespace {
 
-using LdnsResolverPtr = CPtr<ldns_resolver, ldns_resolver_deep_free>;
+using LdnsBufferPtr = CPtr<ldns_buffer, ldns_buffer_free>;
 
 const char* const kAlgorithms[] = {"hmac-md5", "hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384",
                                    "hmac-sha512"};
@@ -199,37 +201,54 @@ Status send_dns_update(const DnsServer& server, const TsigKey& key, const DnsUpd
   if (!packet) return make_error("cannot build the update packet");
   ldns_pkt_set_random_id(packet.get());
 
-  LdnsResolverPtr resolver{ldns_resolver_new()};
-  if (!resolver) return make_error("out of memory");
-  ldns_rdf_type type = server.address.find(':') == std::string::npos ? LDNS_RDF_TYPE_A : LDNS_RDF_TYPE_AAAA;
-  LdnsRdfPtr address{ldns_rdf_new_frm_str(type, server.address.c_str())};
-  if (!address || ldns_resolver_push_nameserver(resolver.get(), address.get()) != LDNS_STATUS_OK) {
-    return make_error("{}: not a numeric address", untrusted(server.address));
-  }
-  ldns_resolver_set_port(resolver.get(), static_cast<uint16_t>(server.port));
-  ldns_resolver_set_usevc(resolver.get(), options.tcp);
-  ldns_resolver_set_retry(resolver.get(), 1);
-  ldns_resolver_set_retrans(resolver.get(), 1);
-  ldns_resolver_set_fail(resolver.get(), true);
-  auto ms = options.timeout.count();
-  ldns_resolver_set_timeout(resolver.get(), timeval{static_cast<time_t>(ms / 1000),
-                                                    static_cast<suseconds_t>((ms % 1000) * 1000)});
-  // ldns copies these strings; with them set, ldns_send() verifies the TSIG
-  // of the response against the MAC of our request.
   const std::string key_name = key.name + ".";
   const std::string algorithm = key.algorithm == "hmac-md5" ? "hmac-md5.sig-alg.reg.int." : key.algorithm + ".";
-  ldns_resolver_set_tsig_keyname(resolver.get(), key_name.c_str());
-  ldns_resolver_set_tsig_keydata(resolver.get(), key.secret.c_str());
-  ldns_resolver_set_tsig_algorithm(resolver.get(), algorithm.c_str());
-  if (ldns_status s = ldns_update_pkt_tsig_add(packet.get(), resolver.get()); s != LDNS_STATUS_OK) {
+  if (ldns_status s = ldns_pkt_tsig_sign(packet.get(), key_name.c_str(), key.secret.c_str(), 300, algorithm.c_str(),
+                                         nullptr);
+      s != LDNS_STATUS_OK) {
     return make_error("cannot sign the update with TSIG key {}: {}", key.name, ldns_get_errorstr_by_id(s));
   }
+  // The request's MAC, which the response's TSIG covers (RFC 8945 §5.3).
+  const ldns_rr* request_tsig = ldns_pkt_tsig(packet.get());
+  if (request_tsig == nullptr || ldns_rr_rd_count(request_tsig) < 4) return make_error("the update was not signed");
+  const ldns_rdf* request_mac = ldns_rr_rdf(request_tsig, 3);
 
-  ldns_pkt* raw_answer = nullptr;
-  ldns_status s = ldns_resolver_send_pkt(&raw_answer, resolver.get(), packet.get());
-  LdnsPktPtr answer{raw_answer};
+  LdnsBufferPtr query{ldns_buffer_new(LDNS_MAX_PACKETLEN)};
+  if (!query || ldns_pkt2buffer_wire(query.get(), packet.get()) != LDNS_STATUS_OK) {
+    return make_error("cannot encode the update");
+  }
+  sockaddr_storage to{};
+  socklen_t to_len = 0;
+  if (server.address.find(':') == std::string::npos) {
+    auto* sa = reinterpret_cast<sockaddr_in*>(&to);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(static_cast<uint16_t>(server.port));
+    if (inet_pton(AF_INET, server.address.c_str(), &sa->sin_addr) != 1) return make_error("{}: bad address", where);
+    to_len = sizeof(sockaddr_in);
+  } else {
+    auto* sa = reinterpret_cast<sockaddr_in6*>(&to);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(static_cast<uint16_t>(server.port));
+    if (inet_pton(AF_INET6, server.address.c_str(), &sa->sin6_addr) != 1) return make_error("{}: bad address", where);
+    to_len = sizeof(sockaddr_in6);
+  }
+  auto ms = options.timeout.count();
+  timeval timeout{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+  uint8_t* raw_reply = nullptr;
+  size_t reply_size = 0;
+  ldns_status s = options.tcp ? ldns_tcp_send(&raw_reply, query.get(), &to, to_len, timeout, &reply_size)
+                              : ldns_udp_send(&raw_reply, query.get(), &to, to_len, timeout, &reply_size);
+  MallocString reply_owner{reinterpret_cast<char*>(raw_reply)};
+  if (s != LDNS_STATUS_OK || raw_reply == nullptr) {
+    return make_error("update of {} at {} failed: {}", update.zone, where,
+                      s != LDNS_STATUS_OK ? ldns_get_errorstr_by_id(s) : "no answer");
+  }
+  ldns_pkt* parsed = nullptr;
+  if (ldns_wire2pkt(&parsed, raw_reply, reply_size) != LDNS_STATUS_OK || parsed == nullptr) {
+    return make_error("update of {} at {}: the answer is not a DNS message", update.zone, where);
+  }
+  LdnsPktPtr answer{parsed};
   auto rcode_text = [&]() -> std::string {
-    if (!answer) return "no answer";
     const ldns_lookup_table* entry = ldns_lookup_by_id(ldns_rcodes, ldns_pkt_get_rcode(answer.get()));
     std::string text = entry != nullptr ? entry->name : fmt::format("RCODE{}", ldns_pkt_get_rcode(answer.get()));
     if (const ldns_rr* tsig = ldns_pkt_tsig(answer.get()); tsig != nullptr && ldns_rr_rd_count(tsig) >= 7) {
@@ -242,20 +261,17 @@ Status send_dns_update(const DnsServer& server, const TsigKey& key, const DnsUpd
     }
     return text;
   };
-  if (s == LDNS_STATUS_CRYPTO_TSIG_BOGUS) {
-    return make_error("update of {} at {}: the server's answer failed TSIG verification ({}); the key {} or its "
-                      "secret is not what the server has",
-                      update.zone, where, untrusted(rcode_text()), key.name);
-  }
-  if (s != LDNS_STATUS_OK || !answer) {
-    return make_error("update of {} at {} failed: {}", update.zone, where, ldns_get_errorstr_by_id(s));
-  }
-  if (ldns_pkt_id(answer.get()) != ldns_pkt_id(packet.get())) {
+  if (ldns_pkt_id(answer.get()) != ldns_pkt_id(packet.get()) || !ldns_pkt_qr(answer.get())) {
     return make_error("update of {} at {}: the answer's ID does not match", update.zone, where);
   }
-  if (ldns_pkt_tsig(answer.get()) == nullptr) {
-    return make_error("update of {} at {}: the answer is not signed with TSIG ({})", update.zone, where,
-                      untrusted(rcode_text()));
+  const bool verified = ldns_pkt_tsig(answer.get()) != nullptr &&
+                        ldns_pkt_tsig_verify(answer.get(), raw_reply, reply_size, key_name.c_str(),
+                                             key.secret.c_str(), request_mac);
+  if (!verified) {
+    // Unauthenticated: what it says may be forged, so it is only quoted.
+    return make_error("update of {} at {} refused or not confirmed: the answer ({}, unverified) is not signed with "
+                      "TSIG key {}; the key name or secret is not what the server has",
+                      update.zone, where, untrusted(rcode_text()), key.name);
   }
   ldns_pkt_rcode rcode = ldns_pkt_get_rcode(answer.get());
   if (rcode != LDNS_RCODE_NOERROR) {
