@@ -275,6 +275,30 @@ TEST_CASE("the rollover state machine refuses too early steps, is idempotent, su
   CHECK(plan.json["next_step"] == "next");
   CHECK_FALSE(fs::exists(state_file));  // plan changes nothing
 
+  // A crash inside `next`, after the state named the new key file but before
+  // the file existed: the re-run creates it under that name and goes on.
+  {
+    RolloverOptions o;
+    o.config = config;
+    o.domain = "beta.test";
+    o.step = RolloverStep::Next;
+    o.margin_seconds = 10;
+    auto printed = run_rollover(o, lookup, now);  // no --update: prints the record only
+    REQUIRE(printed.ok);
+    CHECK(printed.json["visible"] == false);
+    CHECK(printed.json["published_at"].is_null());
+    const std::string file = printed.json["new_key"]["file"];
+    auto state = nlohmann::json::parse(slurp(state_file));
+    state["new_key"] = nullptr;
+    spit(state_file, state.dump());
+    fs::remove(file);
+    auto rerun = run_rollover(o, lookup, now);
+    REQUIRE(rerun.ok);
+    CHECK(rerun.json["new_key"]["file"] == file);
+    CHECK(fs::exists(file));
+    CHECK(rerun.json["new_key"]["key"] != printed.json["new_key"]["key"]);  // never published: a fresh key is fine
+  }
+
   auto next = step(RolloverStep::Next);
   INFO(next.message);
   REQUIRE(next.ok);
