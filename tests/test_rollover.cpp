@@ -4,6 +4,7 @@
 // started here, signing its zones itself; real libunbound validation through
 // it; real `keyfed run` nodes with real TLS.
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -510,4 +511,50 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
     }
   }
   CHECK(audits >= 4);
+}
+
+TEST_CASE("start_knot leaves a detached knotd that outlives its starter; stop_knot stops it by the pid file",
+          "[rollover][knot]") {
+  TempDir dir;
+  const std::string record = keygen(dir.path() / "keys" / "alpha-1.pem", "alpha.test");
+  KnotSetup setup;
+  setup.dir = dir.path() / "knot";
+  setup.zones = {{"alpha.test", record + "\n"}, {"test", ""}};  // any order
+  auto info = write_knot_setup(setup);
+  INFO((info ? std::string() : info.error().message));
+  REQUIRE(info);
+  CHECK(slurp(info->trust_anchor).find("test.\t") == 0);  // only the top zone's DS
+  CHECK(slurp(info->trust_anchor).find("alpha.test") == std::string::npos);
+  CHECK((fs::status(info->tsig_file).permissions() & (fs::perms::group_all | fs::perms::others_all)) ==
+        fs::perms::none);
+  REQUIRE(read_tsig_file(info->tsig_file));
+
+  // Started by a process that then exits.
+  pid_t starter = fork();
+  REQUIRE(starter >= 0);
+  if (starter == 0) _exit(start_knot(info->dir) ? 0 : 1);
+  int status = -1;
+  REQUIRE(waitpid(starter, &status, 0) == starter);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  auto again = read_knot_setup(info->dir);
+  REQUIRE(again);
+  CHECK(again->server() == info->server());
+  pid_t pid = std::stoi(slurp(info->pid_file));
+  CHECK(kill(pid, 0) == 0);
+  CHECK(getsid(pid) == pid);  // its own session
+  auto second = start_knot(info->dir);  // already running: the same one
+  REQUIRE(second);
+  CHECK(*second == pid);
+  auto config = knot_node_config(dir.path(), *info, "alpha.test", dir.path() / "keys" / "alpha-1.pem", 0);
+  auto answer = lookup_json(config, "alpha.test");
+  CHECK(answer["outcome"] == "keys");
+  CHECK(keys_in(answer) == std::vector<std::string>{key_of(record)});
+  // A second setup in the same directory is refused while it runs.
+  CHECK_FALSE(write_knot_setup(setup));
+
+  REQUIRE(stop_knot(info->dir));
+  CHECK(eventually([&] { return kill(pid, 0) != 0; }, std::chrono::seconds(5)));
+  CHECK_FALSE(fs::exists(info->pid_file));
+  REQUIRE(stop_knot(info->dir));  // not running: fine
 }
