@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -189,9 +190,18 @@ RolloverReport fail(RolloverReport r, RolloverFailure f, std::string message) {
   return r;
 }
 
+std::string utc(std::int64_t t) {
+  std::time_t time = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&time, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
 std::string when(std::int64_t t, std::int64_t now) {
   if (t <= now) return "now";
-  return fmt::format("in {} s (at {})", t - now, t);
+  return fmt::format("in {} s (at {})", t - now, utc(t));
 }
 
 Status save(const Context& c, const State& s) {
@@ -479,11 +489,11 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       state = std::move(s).value();
     }
   }
-  c.j["current_key"] = key_json(key_info(*current), c.domain, 0);
   auto ttl_for_records = [&]() -> std::uint32_t {
     if (options.record_ttl != 0) return options.record_ttl;
     return state ? static_cast<std::uint32_t>(state->ttl) : 300;
   };
+  c.j["current_key"] = key_json(key_info(*current), c.domain, ttl_for_records());
   auto finish = [&](std::string message) {
     fill_common(c, state, ttl_for_records());
     report.ok = true;
@@ -535,10 +545,10 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
             if (state->new_key) report.lines.push_back("  " + record_of(*state->new_key, c.domain, ttl_for_records()));
           } else {
             report.lines.push_back(fmt::format("new key seen in validated DNS at {}; switch allowed {}",
-                                               *state->published_at, when(*state->published_at + wait, t)));
+                                               utc(*state->published_at), when(*state->published_at + wait, t)));
           }
         } else {
-          report.lines.push_back(fmt::format("switched at {}; retire allowed {}", *state->switched_at,
+          report.lines.push_back(fmt::format("switched at {}; retire allowed {}", utc(*state->switched_at),
                                              when(*state->switched_at + wait, t)));
         }
       }
@@ -619,7 +629,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
         return failed(RolloverFailure::BadInput, "no rollover in progress: run `next` first");
       }
       if (state->phase == "switched") {
-        report.lines.push_back(fmt::format("already switched at {}", *state->switched_at));
+        report.lines.push_back(fmt::format("already switched at {}", utc(*state->switched_at)));
         return finish("already switched");
       }
       if (!state->new_key) return failed(RolloverFailure::BadInput, "the next key was never created: run `next`");
@@ -641,8 +651,8 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       std::int64_t allowed = *state->published_at + state->wait();
       if (t < allowed) {
         return too_early(allowed, fmt::format("too early: peers may still cache the KEY RRset without the new key; "
-                                              "switch allowed in {} s (at {})",
-                                              allowed - t, allowed));
+                                              "switch allowed {}",
+                                              when(allowed, t)));
       }
       // The new key first (presented), the old one kept loaded.
       std::vector<std::string> keys{config_name(state->new_key->file, options.config),
@@ -665,7 +675,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
     case RolloverStep::Retire: {
       if (state && state->phase == "retired") {
         fill_common(c, state, ttl_for_records());
-        report.lines.push_back(fmt::format("already retired at {}", *state->retired_at));
+        report.lines.push_back(fmt::format("already retired at {}", utc(*state->retired_at)));
         return finish("already retired");
       }
       if (!state || state->phase != "switched") {
@@ -674,8 +684,8 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       }
       std::int64_t allowed = *state->switched_at + state->wait();
       if (t < allowed) {
-        return too_early(allowed, fmt::format("too early: the old key may still be needed; retire allowed in {} s (at {})",
-                                              allowed - t, allowed));
+        return too_early(allowed, fmt::format("too early: the old key may still be needed; retire allowed {}",
+                                              when(allowed, t)));
       }
       Result<DomainKeys> answer = observe(c, state, false);
       if (!answer || !answer_has(*answer, *state->new_key)) {
