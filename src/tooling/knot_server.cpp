@@ -73,7 +73,10 @@ Result<ZoneKey> make_zone_key(const fs::path& dir, const std::string& origin, st
 
 std::string knot_conf(const KnotSetup& s, const fs::path& dir, const std::string& secret) {
   std::string zones;
-  for (const KnotZone& z : s.zones) zones += fmt::format("  - domain: \"{}.\"\n", z.origin);
+  for (const KnotZone& z : s.zones) {
+    zones += fmt::format("  - domain: \"{}.\"\n", z.origin);
+    if (!z.sign) zones += "    dnssec-signing: off\n";
+  }
   return fmt::format(
       "# Written by keyfed (src/tooling/knot_server.cpp); docs/TESTBED.md, \"Knot DNS\".\n"
       "server:\n"
@@ -167,6 +170,11 @@ bool zones_signed(const KnotInfo& info) {
     }
     LdnsPktPtr answer{raw};
     if (!answer || ldns_pkt_get_rcode(answer.get()) != LDNS_RCODE_NOERROR) return false;
+    if (std::find(info.unsigned_zones.begin(), info.unsigned_zones.end(), zone) != info.unsigned_zones.end()) {
+      LdnsRrListPtr soa{ldns_pkt_rr_list_by_type(answer.get(), LDNS_RR_TYPE_SOA, LDNS_SECTION_ANSWER)};
+      if (!soa || ldns_rr_list_rr_count(soa.get()) == 0) return false;
+      continue;
+    }
     LdnsRrListPtr sigs{ldns_pkt_rr_list_by_type(answer.get(), LDNS_RR_TYPE_RRSIG, LDNS_SECTION_ANSWER)};
     if (!sigs || ldns_rr_list_rr_count(sigs.get()) == 0) return false;
   }
@@ -249,7 +257,15 @@ Result<KnotInfo> write_knot_setup(const KnotSetup& given) {
   if (!secret) return secret.error();
 
   std::map<std::string, ZoneKey> keys;
+  std::vector<std::string> unsigned_zones;
+  for (const KnotZone& z : setup.zones) {
+    if (!z.sign) unsigned_zones.push_back(z.origin);
+  }
+  auto is_signed = [&](const std::string& origin) {
+    return std::find(unsigned_zones.begin(), unsigned_zones.end(), origin) == unsigned_zones.end();
+  };
   for (const std::string& origin : names) {
+    if (!is_signed(origin)) continue;
     Result<ZoneKey> key = make_zone_key(dir / "keys", origin, setup.ttl);
     if (!key) return key.error();
     keys[origin] = *key;
@@ -259,6 +275,7 @@ Result<KnotInfo> write_knot_setup(const KnotSetup& given) {
   info.address = setup.address;
   info.port = setup.port;
   info.zones = names;
+  info.unsigned_zones = unsigned_zones;
   info.config = dir / "knot.conf";
   info.trust_anchor = dir / "trust-anchor.ds";
   info.tsig_file = dir / "tsig.key";
@@ -272,12 +289,13 @@ Result<KnotInfo> write_knot_setup(const KnotSetup& given) {
         setup.ttl, setup.address);
     for (const std::string& child : names) {
       if (parent_in(child, names) != z.origin) continue;
-      text += fmt::format("{0}. NS ns.{0}.\nns.{0}. A {1}\n{2}\n", child, setup.address, keys[child].ds);
+      text += fmt::format("{0}. NS ns.{0}.\nns.{0}. A {1}\n", child, setup.address);
+      if (is_signed(child)) text += keys[child].ds + "\n";
     }
     text += z.records;
     if (!text.empty() && text.back() != '\n') text += '\n';
     if (Status s = write_file_atomic(dir / "zones" / (z.origin + ".zone"), text, 0600); !s) return s.error();
-    if (parent_in(z.origin, names).empty()) anchors += keys[z.origin].ds + "\n";
+    if (parent_in(z.origin, names).empty() && is_signed(z.origin)) anchors += keys[z.origin].ds + "\n";
   }
   if (Status s = write_file_atomic(info.trust_anchor, anchors, 0644); !s) return s.error();
   if (Status s = write_file_atomic(info.tsig_file,
@@ -292,6 +310,7 @@ Result<KnotInfo> write_knot_setup(const KnotSetup& given) {
   // Import each zone key into the KASP and make it a CSK (KSK and ZSK): with
   // `manual: on` Knot signs with exactly this key and never rolls it.
   for (const std::string& origin : names) {
+    if (!is_signed(origin)) continue;
     const std::string zone = origin + ".";
     Result<std::string> imported =
         run_program({keymgr->string(), "-c", info.config.string(), zone, "import-bind", keys[origin].private_file});
@@ -303,7 +322,10 @@ Result<KnotInfo> write_knot_setup(const KnotSetup& given) {
     if (!set) return make_error("keymgr set for {}: {}", origin, set.error().message);
   }
 
-  nlohmann::json manifest = {{"address", info.address}, {"port", info.port}, {"zones", info.zones}};
+  nlohmann::json manifest = {{"address", info.address},
+                             {"port", info.port},
+                             {"zones", info.zones},
+                             {"unsigned_zones", info.unsigned_zones}};
   if (Status s = write_file_atomic(dir / "setup.json", manifest.dump(2) + "\n", 0644); !s) return s.error();
   return info;
 }
@@ -318,6 +340,7 @@ Result<KnotInfo> read_knot_setup(const fs::path& given) {
     info.address = j.at("address").get<std::string>();
     info.port = j.at("port").get<int>();
     info.zones = j.at("zones").get<std::vector<std::string>>();
+    info.unsigned_zones = j.value("unsigned_zones", std::vector<std::string>{});
   } catch (const std::exception& e) {
     return make_error("{}: not a Knot setup: {}", (dir / "setup.json").string(), e.what());
   }

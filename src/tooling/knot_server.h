@@ -29,6 +29,7 @@ namespace keyfed {
 struct KnotZone {
   std::string origin;   ///< "test", "alpha.test" (no trailing dot)
   std::string records;  ///< more zone file lines, relative to the origin ("_impp._tcp KEY 512 1 15 ...")
+  bool sign = true;     ///< false: served unsigned, delegated without DS (an insecure zone)
 };
 
 struct KnotSetup {
@@ -46,6 +47,7 @@ struct KnotInfo {
   std::string address;
   int port = 0;
   std::vector<std::string> zones;
+  std::vector<std::string> unsigned_zones;  ///< the zones served without DNSSEC
   std::filesystem::path config;        ///< DIR/knot.conf
   std::filesystem::path trust_anchor;  ///< DIR/trust-anchor.ds: the DS of each zone without a parent in the set
   std::filesystem::path tsig_file;     ///< DIR/tsig.key (BIND format, 0600): may update every zone
@@ -71,8 +73,8 @@ Result<KnotInfo> read_knot_setup(const std::filesystem::path& dir);
 
 /// Starts knotd for DIR in its own session (setsid; stdin/stdout /dev/null,
 /// stderr to DIR/knotd.stderr, no inherited descriptors), writes
-/// DIR/knotd.pid, and returns its pid once every zone answers SOA with an
-/// RRSIG. It survives the process that started it. If DIR's knotd already
+/// DIR/knotd.pid, and returns its pid once every zone answers SOA (with an
+/// RRSIG, for the signed ones). It survives the process that started it. If DIR's knotd already
 /// runs, returns its pid. On timeout it is stopped and the error quotes its log.
 Result<pid_t> start_knot(const std::filesystem::path& dir,
                          std::chrono::milliseconds timeout = std::chrono::seconds(20));
