@@ -5,6 +5,7 @@
 #include "cli/check_command.h"
 #include "cli/keygen_command.h"
 #include "cli/lookup_command.h"
+#include "cli/rollover_command.h"
 #include "cli/run_command.h"
 #include "cli/send_command.h"
 #include "cli/testbed_command.h"
@@ -35,6 +36,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   CLI::App* testbed = add_testbed_command(app, testbed_options);
   CheckOptions check_options;
   CLI::App* check = add_check_command(app, check_options);
+  RolloverCommandOptions rollover_options;
+  CLI::App* rollover = add_rollover_command(app, rollover_options);
 
   try {
     app.parse(argc, argv);
@@ -65,6 +68,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   if (keygen->parsed()) return static_cast<int>(run_keygen(keygen_options, out, err));
   if (testbed->parsed()) return static_cast<int>(run_testbed(testbed_options, out, err));
   if (check->parsed()) return static_cast<int>(run_check_command(check_options, out, err));
+  if (rollover->parsed()) return static_cast<int>(run_rollover_command(rollover_options, out, err));
   return static_cast<int>(ExitStatus::BadInput);
 }
 

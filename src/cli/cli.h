@@ -19,6 +19,8 @@ enum class ExitStatus : int {
   Refused = 7,        ///< send --direct: the receiver NACKed the message
   NoSession = 8,      ///< send --direct: discovery, connection or authentication failed
   NotRunning = 9,     ///< commands for a running node: no node answers on its control socket
+  TooEarly = 10,      ///< rollover: the step is refused for now; retry at the time it names
+  UpdateFailed = 11,  ///< rollover --update: the dynamic update failed or was refused
 };
 
 /// Runs `keyfed ARGS...`; returns the process exit status.
