@@ -48,7 +48,7 @@ int run(const std::vector<std::string>& args) {
 
 bool answers(const fs::path& socket) {
   auto client = keyfed::ControlClient::connect(socket);
-  return client && client->request({{"command", "peers"}}).has_value();
+  return client && static_cast<bool>(client->request({{"command", "peers"}}));
 }
 
 // Starts every node of the testbed in DIR by hand (its configurations,

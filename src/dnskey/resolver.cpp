@@ -60,12 +60,19 @@ Result<std::string> unbound_config_text(const ResolverConfig& config) {
   }
   if (config.mode == ResolverMode::Testbed) {
     text += "  local-zone: \"test.\" nodefault\n";  // RFC 6761 name, blocked by default
+    // A repaired zone validates again within seconds, not after libunbound's
+    // default minute of remembering it bogus: testbeds break and repair
+    // zones on purpose (docs/TESTBED.md, "Resolver").
+    text += "  val-bogus-ttl: 5\n";
     if (!config.server.empty()) {
       // One authoritative server holds every testbed zone: it is asked
       // everything (with RD set; it answers from whichever zone is closest),
       // on loopback, which libunbound refuses to query unless told.
       if (Status s = check_config_text(config.server, "testbed server"); !s) return s.error();
       text += "  do-not-query-localhost: no\n";
+      // The server is stopped and started on purpose (a DNS outage): it is
+      // probed again within seconds, not written off for libunbound's 15 minutes.
+      text += "  infra-host-ttl: 5\n  infra-keep-probing: yes\n";
       text += fmt::format("forward-zone:\n  name: \".\"\n  forward-addr: {}\n", config.server);
       return text;
     }

@@ -97,9 +97,13 @@ Status knot_write_setup(Testbed& tb, std::uint16_t port) {
 Result<pid_t> knot_start(Testbed& tb) {
   Result<pid_t> pid = start_knot(knot_dir(tb));
   if (!pid) return pid.error();
-  // Knot's setup delegates every zone with its DS; the special cases are
-  // made by update: no DS (insecure), a stray DS (bogus).
-  if (Status s = knot_publish(tb, {"test"}); !s) return s.error();
+  // Knot's setup delegates every zone with its DS and publishes the keys of
+  // the start; the testbed's state since (keys rolled or removed, special
+  // cases: no DS for insecure, a stray DS for bogus) is applied by update,
+  // also after a restart, when Knot reads its zone files again.
+  std::vector<std::string> all{"test"};
+  for (const TestbedDomain& d : tb.domains()) all.push_back(d.name);
+  if (Status s = knot_publish(tb, all); !s) return s.error();
   return pid;
 }
 
