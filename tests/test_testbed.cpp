@@ -118,6 +118,8 @@ void run_every_scenario(const std::string& dns) {
 
 TEST_CASE("testbed: every scenario passes with embedded DNS", "[testbed][slow]") { run_every_scenario("embedded"); }
 
+TEST_CASE("testbed: every scenario passes with Knot DNS", "[testbed][knot][slow]") { run_every_scenario("knot"); }
+
 TEST_CASE("testbed: bad input is refused with status 2, before anything starts", "[testbed]") {
   UseKeyfedBinary env;
   TempDir tmp;
