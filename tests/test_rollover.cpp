@@ -347,6 +347,8 @@ TEST_CASE("the rollover state machine refuses too early steps, is idempotent, su
   REQUIRE(switched.ok);
   CHECK(switched.json["phase"] == "switched");
   CHECK(switched.json["reloaded"] == false);  // no node runs
+  CHECK(std::any_of(switched.lines.begin(), switched.lines.end(),
+                    [](const std::string& l) { return l.find("no node answers on") != std::string::npos; }));
   const std::string config_after = slurp(config);
   CHECK(config_after.find("keys = [\"keys/" + fs::path(new_file).filename().string() + "\", \"keys/beta-1.pem\"]") !=
         std::string::npos);

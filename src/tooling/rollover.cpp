@@ -174,11 +174,11 @@ struct Context {
   std::string domain;
   std::vector<fs::path> key_files;
   fs::path state_file;
-  RolloverReport report;
+  RolloverReport& report;
   json& j;
 
   explicit Context(const RolloverOptions& o, const KeyLookup& l, const WallClock& n, RolloverReport& r)
-      : options(o), lookup(l), now(n), j(r.json) {}
+      : options(o), lookup(l), now(n), report(r), j(r.json) {}
 };
 
 RolloverReport fail(RolloverReport r, RolloverFailure f, std::string message) {
