@@ -211,6 +211,12 @@ Status save(const Context& c, const State& s) {
 // The config with `keys` for the domain, written atomically in place (same
 // mode), if it differs.
 Status rewrite_keys(const Context& c, const std::vector<std::string>& keys) {
+  // Every key must load as the node will load it, or the node would refuse
+  // the reload and go on with the old configuration unnoticed.
+  for (const std::string& key : keys) {
+    fs::path file = fs::path(key).is_absolute() ? fs::path(key) : c.options.config.parent_path() / key;
+    if (Result<DomainIdentity> id = load_domain_identity(c.domain, file); !id) return id.error();
+  }
   Result<std::string> text = read_small_file(c.options.config);
   if (!text) return text.error();
   Result<std::string> updated = replace_domain_keys(*text, c.options.config, c.domain, keys);
