@@ -484,7 +484,7 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   for (int i = 0; i < 3; ++i) send();
   all_delivered();
   REQUIRE_FALSE(alpha_node
-                    .wait_for(std::regex(fmt::format(R"(audit .*"claimed_domain":"beta.test".*"decision":"authenticated".*"key_tag":{})",
+                    .wait_for(std::regex(fmt::format(R"(audit .*"claimed_domain":"beta.test".*"decision":"authenticated".*"key_tag":{},)",
                                                      new_tag)),
                               15000)
                     .empty());
