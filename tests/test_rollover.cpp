@@ -460,10 +460,19 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   send();
   all_delivered();
   std::this_thread::sleep_for(std::chrono::seconds(4));  // TTL 2 + margin 1
+  {
+    // Not reloaded: the node still presents the old key, which the switch
+    // checks over TLS: refused with its own status, the state unchanged.
+    auto [status, out, err] = cli({"rollover", "--config", beta.string(), "beta.test", "switch", "--json",
+                                   "--margin-seconds", "1", "--no-reload"});
+    CHECK(status == 12);
+    CHECK(nlohmann::json::parse(out)["phase"] == "next");
+  }
   auto [s3, out3, err3] = rollover("switch");
   INFO(err3);
   REQUIRE(s3 == 0);
   CHECK(nlohmann::json::parse(out3)["reloaded"] == true);
+  CHECK(nlohmann::json::parse(out3)["presenting"] == new_tag);
   REQUIRE_FALSE(beta_node.wait_for(std::regex("reloaded")).empty());
   send();
   all_delivered();

@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,11 +13,15 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <thread>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "common/c_handles.h"
 #include "common/log.h"
+#include "common/openssl_call.h"
+#include "federation/frames.h"
 #include "config/node_config.h"
 #include "daemon/daemon.h"
 #include "dnskey/domain_name.h"
@@ -261,6 +267,32 @@ void reload_node(Context& c) {
   c.report.lines.push_back(fmt::format("node (pid {}) reloaded with SIGHUP", *pid));
 }
 
+// Whether the running node presents `key` for the domain now: nullopt when
+// it cannot be asked (no node answers on the control socket, or [node] port
+// 0), else the answer, retried for up to `patience` (a reload takes a moment).
+std::optional<bool> node_presents(Context& c, const KeyInfo& key, std::chrono::milliseconds patience) {
+  if (!control_socket_pid(c.config.control.socket) || c.config.listen_port == 0) return std::nullopt;
+  Result<DomainIdentity> id = load_domain_identity(c.domain, key.file);
+  if (!id) return false;
+  std::string address = c.config.listen_address;
+  if (address == "0.0.0.0") address = "127.0.0.1";
+  if (address == "::") address = "::1";
+  auto until = std::chrono::steady_clock::now() + patience;
+  for (;;) {
+    Result<std::vector<std::uint8_t>> spki = presented_spki(address, c.config.listen_port, c.domain, *id);
+    if (spki && *spki == id->public_key.spki_der) {
+      c.j["presenting"] = key.key_tag;
+      return true;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      c.j["presenting"] = nullptr;
+      if (!spki) c.report.lines.push_back("cannot ask the node which key it presents: " + spki.error().message);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+}
+
 Status update_dns(const Context& c, const std::vector<std::string>& add, const std::vector<std::string>& remove) {
   DnsUpdate u;
   u.zone = c.options.zone.empty() ? c.domain : c.options.zone;
@@ -355,6 +387,78 @@ KeyLookup config_key_lookup(const fs::path& config_file) {
 
 fs::path rollover_state_file(const fs::path& key_file, const std::string& domain) {
   return key_file.parent_path() / (domain + ".rollover.json");
+}
+
+Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int port, const std::string& domain,
+                                                 const DomainIdentity& client, std::chrono::milliseconds timeout) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int family = address.find(':') == std::string::npos ? AF_INET : AF_INET6;
+  if (family == AF_INET) {
+    auto* sa = reinterpret_cast<sockaddr_in*>(&ss);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, address.c_str(), &sa->sin_addr) != 1) return make_error("{}: bad address", address);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* sa = reinterpret_cast<sockaddr_in6*>(&ss);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, address.c_str(), &sa->sin6_addr) != 1) return make_error("{}: bad address", address);
+    len = sizeof(sockaddr_in6);
+  }
+  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_error("socket: {}", std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // bounds connect() too
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return make_error("cannot connect to the node at {} port {}: {}", address, port, std::strerror(errno));
+  }
+  SslCtxPtr ctx{openssl_call([] { return SSL_CTX_new(TLS_client_method()); })};
+  if (!ctx) return make_error("cannot create a TLS context");
+  if (Status s = openssl_check("TLS 1.3 only",
+                               [&] { return SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION); });
+      !s) {
+    return s.error();
+  }
+  // The certificate only wraps the key; nothing in it is to be verified here.
+  openssl_call([&] { SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr); return 0; });
+  if (Status s = openssl_check("ALPN", [&] {
+        return SSL_CTX_set_alpn_protos(ctx.get(), kAlpnWire, sizeof kAlpnWire) == 0 ? 1 : 0;
+      });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("client certificate",
+                               [&] { return SSL_CTX_use_certificate(ctx.get(), client.certificate.get()); });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("client key", [&] { return SSL_CTX_use_PrivateKey(ctx.get(), client.key.get()); });
+      !s) {
+    return s.error();
+  }
+  SslPtr ssl{openssl_call([&] { return SSL_new(ctx.get()); })};
+  if (!ssl) return make_error("cannot create a TLS session");
+  if (Status s = openssl_check("SNI", [&] { return static_cast<int>(SSL_set_tlsext_host_name(ssl.get(), domain.c_str())); });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("TLS socket", [&] { return SSL_set_fd(ssl.get(), fd); }); !s) return s.error();
+  SslIo io = ssl_io(ssl.get(), [&] { return SSL_connect(ssl.get()); });
+  X509* certificate = openssl_call([&] { return SSL_get0_peer_certificate(ssl.get()); });
+  if (certificate == nullptr) {
+    return make_error("the node at {} port {} presented no certificate ({})", address, port,
+                      untrusted(io.reason.empty() ? "no handshake" : io.reason));
+  }
+  std::vector<std::uint8_t> spki = certificate_spki(certificate);
+  if (spki.empty()) return make_error("the node's certificate has no public key");
+  return spki;
 }
 
 Result<int> control_socket_pid(const fs::path& socket) {
@@ -670,6 +774,13 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       }
       if (Status st = rewrite_keys(c, keys); !st) return failed(RolloverFailure::BadInput, st.error().message);
       reload_node(c);
+      if (node_presents(c, *state->new_key, std::chrono::seconds(5)) == false) {
+        fill_common(c, state, ttl_for_records());
+        return failed(RolloverFailure::NotSwitched,
+                      fmt::format("the running node does not present the new key (tag {}) after the reload; was "
+                                  "the reload refused? (see its log) Run switch again once it is fixed",
+                                  state->new_key->key_tag));
+      }
       state->phase = "switched";
       state->switched_at = t;
       if (Status st = save(c, *state); !st) return failed(RolloverFailure::Internal, st.error().message);
@@ -699,6 +810,13 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
         return failed(RolloverFailure::DnsFailure,
                       answer ? "the new key is not in the validated KEY RRset: not removing the old one"
                              : answer.error().message);
+      }
+      if (node_presents(c, *state->new_key, std::chrono::seconds(2)) == false) {
+        fill_common(c, state, ttl_for_records());
+        return failed(RolloverFailure::NotSwitched,
+                      fmt::format("the running node does not present the new key (tag {}): not removing the old "
+                                  "one (run switch again, and see the node's log)",
+                                  state->new_key->key_tag));
       }
       const std::string old_record = record_of(state->old_key, c.domain, ttl_for_records());
       if (options.update_server) {
