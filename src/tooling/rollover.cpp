@@ -457,6 +457,16 @@ Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int
                       untrusted(io.reason.empty() ? "no handshake" : io.reason));
   }
   std::vector<std::uint8_t> spki = certificate_spki(certificate);
+  // An orderly close: close_notify, then read until the node closes too.
+  // Closing with its tickets unread would reset the connection, and the
+  // node could lose our certificate and audit a refused handshake.
+  (void)ssl_io(ssl.get(), [&] { return SSL_shutdown(ssl.get()); });
+  ::shutdown(fd, SHUT_WR);
+  timeval drain{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &drain, sizeof drain);
+  char sink[4096];
+  while (::recv(fd, sink, sizeof sink, 0) > 0) {
+  }
   if (spki.empty()) return make_error("the node's certificate has no public key");
   return spki;
 }
