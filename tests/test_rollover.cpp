@@ -272,6 +272,10 @@ TEST_CASE("the rollover state machine refuses too early steps, is idempotent, su
   // Before anything: switch and retire are out of order (bad input).
   CHECK(step(RolloverStep::Switch).failure == RolloverFailure::BadInput);
   CHECK(step(RolloverStep::Retire).failure == RolloverFailure::BadInput);
+  auto fresh = step(RolloverStep::Show);  // never rolled: status works too
+  REQUIRE(fresh.ok);
+  CHECK(fresh.json["phase"] == "none");
+  CHECK(fresh.json["ttl"] == 2);
   auto plan = step(RolloverStep::Plan);
   REQUIRE(plan.ok);
   CHECK(plan.json["phase"] == "none");

@@ -633,7 +633,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
   switch (options.step) {
     case RolloverStep::Plan:
     case RolloverStep::Show: {
-      if (in_progress || options.step == RolloverStep::Plan) {
+      if (in_progress || options.step == RolloverStep::Plan || !state) {
         Result<DomainKeys> answer = observe(c, state, options.step == RolloverStep::Show);
         if (!answer) {
           fill_common(c, state, ttl_for_records());
@@ -642,9 +642,11 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
         if (!state || !in_progress) c.j["ttl"] = answer->ttl;
       }
       fill_common(c, state, ttl_for_records());
-      std::int64_t wait = state && in_progress ? state->wait()
-                                               : std::max<std::int64_t>(c.j.value("ttl", 0), c.config.key_cache.min_ttl.count()) +
-                                                     options.margin_seconds;
+      const std::int64_t seen_ttl = c.j["ttl"].is_number() ? c.j["ttl"].get<std::int64_t>() : 0;
+      std::int64_t wait = state && in_progress
+                              ? state->wait()
+                              : std::max<std::int64_t>(seen_ttl, c.config.key_cache.min_ttl.count()) +
+                                    options.margin_seconds;
       std::string step = c.j["next_step"];
       if (!in_progress) {
         report.lines.push_back(fmt::format("{}: no rollover in progress; presenting key tag {} ({})", c.domain,
@@ -654,7 +656,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
             options.update_server ? " by dynamic update" : " (you add it to the zone)"));
         report.lines.push_back(fmt::format(
             "switch: allowed {} s after the new key is first seen in validated DNS (TTL {} or min_ttl {}, the larger, + margin {})",
-            wait, c.j.value("ttl", json(0)).dump(), c.config.key_cache.min_ttl.count(), options.margin_seconds));
+            wait, seen_ttl, c.config.key_cache.min_ttl.count(), options.margin_seconds));
         report.lines.push_back(fmt::format("retire: allowed {} s after the switch; removes the old record", wait));
       } else {
         report.lines.push_back(fmt::format("{}: phase {}; old key tag {}, new key tag {}", c.domain, state->phase,
