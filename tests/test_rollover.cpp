@@ -546,6 +546,12 @@ TEST_CASE("start_knot leaves a detached knotd that outlives its starter; stop_kn
         fs::perms::none);
   REQUIRE(read_tsig_file(info->tsig_file));
 
+  // Whatever fails below, no knotd outlives the test.
+  struct Stopper {
+    fs::path dir;
+    ~Stopper() { (void)stop_knot(dir); }
+  } stopper{info->dir};
+
   // Started by a process that then exits.
   pid_t starter = fork();
   REQUIRE(starter >= 0);
