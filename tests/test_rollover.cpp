@@ -272,6 +272,10 @@ TEST_CASE("the rollover state machine refuses too early steps, is idempotent, su
   // Before anything: switch and retire are out of order (bad input).
   CHECK(step(RolloverStep::Switch).failure == RolloverFailure::BadInput);
   CHECK(step(RolloverStep::Retire).failure == RolloverFailure::BadInput);
+  auto fresh = step(RolloverStep::Show);  // never rolled: status works too
+  REQUIRE(fresh.ok);
+  CHECK(fresh.json["phase"] == "none");
+  CHECK(fresh.json["ttl"] == 2);
   auto plan = step(RolloverStep::Plan);
   REQUIRE(plan.ok);
   CHECK(plan.json["phase"] == "none");
@@ -347,6 +351,8 @@ TEST_CASE("the rollover state machine refuses too early steps, is idempotent, su
   REQUIRE(switched.ok);
   CHECK(switched.json["phase"] == "switched");
   CHECK(switched.json["reloaded"] == false);  // no node runs
+  CHECK(std::any_of(switched.lines.begin(), switched.lines.end(),
+                    [](const std::string& l) { return l.find("no node answers on") != std::string::npos; }));
   const std::string config_after = slurp(config);
   CHECK(config_after.find("keys = [\"keys/" + fs::path(new_file).filename().string() + "\", \"keys/beta-1.pem\"]") !=
         std::string::npos);
@@ -458,10 +464,19 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   send();
   all_delivered();
   std::this_thread::sleep_for(std::chrono::seconds(4));  // TTL 2 + margin 1
+  {
+    // Not reloaded: the node still presents the old key, which the switch
+    // checks over TLS: refused with its own status, the state unchanged.
+    auto [status, out, err] = cli({"rollover", "--config", beta.string(), "beta.test", "switch", "--json",
+                                   "--margin-seconds", "1", "--no-reload"});
+    CHECK(status == 12);
+    CHECK(nlohmann::json::parse(out)["phase"] == "next");
+  }
   auto [s3, out3, err3] = rollover("switch");
   INFO(err3);
   REQUIRE(s3 == 0);
   CHECK(nlohmann::json::parse(out3)["reloaded"] == true);
+  CHECK(nlohmann::json::parse(out3)["presenting"] == new_tag);
   REQUIRE_FALSE(beta_node.wait_for(std::regex("reloaded")).empty());
   send();
   all_delivered();
@@ -482,7 +497,7 @@ TEST_CASE("a rollover end to end against Knot by dynamic update, with traffic be
   for (int i = 0; i < 3; ++i) send();
   all_delivered();
   REQUIRE_FALSE(alpha_node
-                    .wait_for(std::regex(fmt::format(R"(audit .*"claimed_domain":"beta.test".*"decision":"authenticated".*"key_tag":{})",
+                    .wait_for(std::regex(fmt::format(R"(audit .*"claimed_domain":"beta.test".*"decision":"authenticated".*"key_tag":{},)",
                                                      new_tag)),
                               15000)
                     .empty());
@@ -530,6 +545,12 @@ TEST_CASE("start_knot leaves a detached knotd that outlives its starter; stop_kn
   CHECK((fs::status(info->tsig_file).permissions() & (fs::perms::group_all | fs::perms::others_all)) ==
         fs::perms::none);
   REQUIRE(read_tsig_file(info->tsig_file));
+
+  // Whatever fails below, no knotd outlives the test.
+  struct Stopper {
+    fs::path dir;
+    ~Stopper() { (void)stop_knot(dir); }
+  } stopper{info->dir};
 
   // Started by a process that then exits.
   pid_t starter = fork();

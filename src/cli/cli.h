@@ -21,6 +21,7 @@ enum class ExitStatus : int {
   NotRunning = 9,     ///< commands for a running node: no node answers on its control socket
   TooEarly = 10,      ///< rollover: the step is refused for now; retry at the time it names
   UpdateFailed = 11,  ///< rollover --update: the dynamic update failed or was refused
+  NotSwitched = 12,   ///< rollover: the running node does not present the key it should
 };
 
 /// Runs `keyfed ARGS...`; returns the process exit status.

@@ -28,7 +28,8 @@ CLI::App* add_rollover_command(CLI::App& app, RolloverCommandOptions& options) {
   cmd->footer(
       "Exit status: 0 done; 1 internal error; 2 bad input (arguments, config, state file, TSIG file,\n"
       "step out of order); 3 the validated lookup failed; 10 too early (refused; retry at the\n"
-      "time printed, retry_at in JSON); 11 the dynamic update failed or was refused.");
+      "time printed, retry_at in JSON); 11 the dynamic update failed or was refused; 12 the running\n"
+      "node does not present the new key (its reload failed?).");
   return cmd;
 }
 
@@ -81,6 +82,7 @@ ExitStatus run_rollover_command(const RolloverCommandOptions& o, std::ostream& o
     case RolloverFailure::TooEarly: return ExitStatus::TooEarly;
     case RolloverFailure::DnsFailure: return ExitStatus::TempFail;
     case RolloverFailure::UpdateFailed: return ExitStatus::UpdateFailed;
+    case RolloverFailure::NotSwitched: return ExitStatus::NotSwitched;
     case RolloverFailure::Internal: return ExitStatus::InternalError;
   }
   return ExitStatus::InternalError;

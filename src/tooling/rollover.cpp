@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,11 +13,15 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <thread>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "common/c_handles.h"
 #include "common/log.h"
+#include "common/openssl_call.h"
+#include "federation/frames.h"
 #include "config/node_config.h"
 #include "daemon/daemon.h"
 #include "dnskey/domain_name.h"
@@ -174,11 +180,11 @@ struct Context {
   std::string domain;
   std::vector<fs::path> key_files;
   fs::path state_file;
-  RolloverReport report;
+  RolloverReport& report;
   json& j;
 
   explicit Context(const RolloverOptions& o, const KeyLookup& l, const WallClock& n, RolloverReport& r)
-      : options(o), lookup(l), now(n), j(r.json) {}
+      : options(o), lookup(l), now(n), report(r), j(r.json) {}
 };
 
 RolloverReport fail(RolloverReport r, RolloverFailure f, std::string message) {
@@ -211,6 +217,12 @@ Status save(const Context& c, const State& s) {
 // The config with `keys` for the domain, written atomically in place (same
 // mode), if it differs.
 Status rewrite_keys(const Context& c, const std::vector<std::string>& keys) {
+  // Every key must load as the node will load it, or the node would refuse
+  // the reload and go on with the old configuration unnoticed.
+  for (const std::string& key : keys) {
+    fs::path file = fs::path(key).is_absolute() ? fs::path(key) : c.options.config.parent_path() / key;
+    if (Result<DomainIdentity> id = load_domain_identity(c.domain, file); !id) return id.error();
+  }
   Result<std::string> text = read_small_file(c.options.config);
   if (!text) return text.error();
   Result<std::string> updated = replace_domain_keys(*text, c.options.config, c.domain, keys);
@@ -253,6 +265,32 @@ void reload_node(Context& c) {
   c.j["reloaded"] = true;
   c.j["node_pid"] = *pid;
   c.report.lines.push_back(fmt::format("node (pid {}) reloaded with SIGHUP", *pid));
+}
+
+// Whether the running node presents `key` for the domain now: nullopt when
+// it cannot be asked (no node answers on the control socket, or [node] port
+// 0), else the answer, retried for up to `patience` (a reload takes a moment).
+std::optional<bool> node_presents(Context& c, const KeyInfo& key, std::chrono::milliseconds patience) {
+  if (!control_socket_pid(c.config.control.socket) || c.config.listen_port == 0) return std::nullopt;
+  Result<DomainIdentity> id = load_domain_identity(c.domain, key.file);
+  if (!id) return false;
+  std::string address = c.config.listen_address;
+  if (address == "0.0.0.0") address = "127.0.0.1";
+  if (address == "::") address = "::1";
+  auto until = std::chrono::steady_clock::now() + patience;
+  for (;;) {
+    Result<std::vector<std::uint8_t>> spki = presented_spki(address, c.config.listen_port, c.domain, *id);
+    if (spki && *spki == id->public_key.spki_der) {
+      c.j["presenting"] = key.key_tag;
+      return true;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      c.j["presenting"] = nullptr;
+      if (!spki) c.report.lines.push_back("cannot ask the node which key it presents: " + spki.error().message);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
 }
 
 Status update_dns(const Context& c, const std::vector<std::string>& add, const std::vector<std::string>& remove) {
@@ -349,6 +387,88 @@ KeyLookup config_key_lookup(const fs::path& config_file) {
 
 fs::path rollover_state_file(const fs::path& key_file, const std::string& domain) {
   return key_file.parent_path() / (domain + ".rollover.json");
+}
+
+Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int port, const std::string& domain,
+                                                 const DomainIdentity& client, std::chrono::milliseconds timeout) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int family = address.find(':') == std::string::npos ? AF_INET : AF_INET6;
+  if (family == AF_INET) {
+    auto* sa = reinterpret_cast<sockaddr_in*>(&ss);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, address.c_str(), &sa->sin_addr) != 1) return make_error("{}: bad address", address);
+    len = sizeof(sockaddr_in);
+  } else {
+    auto* sa = reinterpret_cast<sockaddr_in6*>(&ss);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, address.c_str(), &sa->sin6_addr) != 1) return make_error("{}: bad address", address);
+    len = sizeof(sockaddr_in6);
+  }
+  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_error("socket: {}", std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // bounds connect() too
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return make_error("cannot connect to the node at {} port {}: {}", address, port, std::strerror(errno));
+  }
+  SslCtxPtr ctx{openssl_call([] { return SSL_CTX_new(TLS_client_method()); })};
+  if (!ctx) return make_error("cannot create a TLS context");
+  if (Status s = openssl_check("TLS 1.3 only",
+                               [&] { return SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION); });
+      !s) {
+    return s.error();
+  }
+  // The certificate only wraps the key; nothing in it is to be verified here.
+  openssl_call([&] { SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr); return 0; });
+  if (Status s = openssl_check("ALPN", [&] {
+        return SSL_CTX_set_alpn_protos(ctx.get(), kAlpnWire, sizeof kAlpnWire) == 0 ? 1 : 0;
+      });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("client certificate",
+                               [&] { return SSL_CTX_use_certificate(ctx.get(), client.certificate.get()); });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("client key", [&] { return SSL_CTX_use_PrivateKey(ctx.get(), client.key.get()); });
+      !s) {
+    return s.error();
+  }
+  SslPtr ssl{openssl_call([&] { return SSL_new(ctx.get()); })};
+  if (!ssl) return make_error("cannot create a TLS session");
+  if (Status s = openssl_check("SNI", [&] { return static_cast<int>(SSL_set_tlsext_host_name(ssl.get(), domain.c_str())); });
+      !s) {
+    return s.error();
+  }
+  if (Status s = openssl_check("TLS socket", [&] { return SSL_set_fd(ssl.get(), fd); }); !s) return s.error();
+  SslIo io = ssl_io(ssl.get(), [&] { return SSL_connect(ssl.get()); });
+  X509* certificate = openssl_call([&] { return SSL_get0_peer_certificate(ssl.get()); });
+  if (certificate == nullptr) {
+    return make_error("the node at {} port {} presented no certificate ({})", address, port,
+                      untrusted(io.reason.empty() ? "no handshake" : io.reason));
+  }
+  std::vector<std::uint8_t> spki = certificate_spki(certificate);
+  // An orderly close: close_notify, then read until the node closes too.
+  // Closing with its tickets unread would reset the connection, and the
+  // node could lose our certificate and audit a refused handshake.
+  (void)ssl_io(ssl.get(), [&] { return SSL_shutdown(ssl.get()); });
+  ::shutdown(fd, SHUT_WR);
+  timeval drain{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &drain, sizeof drain);
+  char sink[4096];
+  while (::recv(fd, sink, sizeof sink, 0) > 0) {
+  }
+  if (spki.empty()) return make_error("the node's certificate has no public key");
+  return spki;
 }
 
 Result<int> control_socket_pid(const fs::path& socket) {
@@ -513,7 +633,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
   switch (options.step) {
     case RolloverStep::Plan:
     case RolloverStep::Show: {
-      if (in_progress || options.step == RolloverStep::Plan) {
+      if (in_progress || options.step == RolloverStep::Plan || !state) {
         Result<DomainKeys> answer = observe(c, state, options.step == RolloverStep::Show);
         if (!answer) {
           fill_common(c, state, ttl_for_records());
@@ -522,9 +642,11 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
         if (!state || !in_progress) c.j["ttl"] = answer->ttl;
       }
       fill_common(c, state, ttl_for_records());
-      std::int64_t wait = state && in_progress ? state->wait()
-                                               : std::max<std::int64_t>(c.j.value("ttl", 0), c.config.key_cache.min_ttl.count()) +
-                                                     options.margin_seconds;
+      const std::int64_t seen_ttl = c.j["ttl"].is_number() ? c.j["ttl"].get<std::int64_t>() : 0;
+      std::int64_t wait = state && in_progress
+                              ? state->wait()
+                              : std::max<std::int64_t>(seen_ttl, c.config.key_cache.min_ttl.count()) +
+                                    options.margin_seconds;
       std::string step = c.j["next_step"];
       if (!in_progress) {
         report.lines.push_back(fmt::format("{}: no rollover in progress; presenting key tag {} ({})", c.domain,
@@ -534,7 +656,7 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
             options.update_server ? " by dynamic update" : " (you add it to the zone)"));
         report.lines.push_back(fmt::format(
             "switch: allowed {} s after the new key is first seen in validated DNS (TTL {} or min_ttl {}, the larger, + margin {})",
-            wait, c.j.value("ttl", json(0)).dump(), c.config.key_cache.min_ttl.count(), options.margin_seconds));
+            wait, seen_ttl, c.config.key_cache.min_ttl.count(), options.margin_seconds));
         report.lines.push_back(fmt::format("retire: allowed {} s after the switch; removes the old record", wait));
       } else {
         report.lines.push_back(fmt::format("{}: phase {}; old key tag {}, new key tag {}", c.domain, state->phase,
@@ -664,6 +786,13 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       }
       if (Status st = rewrite_keys(c, keys); !st) return failed(RolloverFailure::BadInput, st.error().message);
       reload_node(c);
+      if (node_presents(c, *state->new_key, std::chrono::seconds(5)) == false) {
+        fill_common(c, state, ttl_for_records());
+        return failed(RolloverFailure::NotSwitched,
+                      fmt::format("the running node does not present the new key (tag {}) after the reload; was "
+                                  "the reload refused? (see its log) Run switch again once it is fixed",
+                                  state->new_key->key_tag));
+      }
       state->phase = "switched";
       state->switched_at = t;
       if (Status st = save(c, *state); !st) return failed(RolloverFailure::Internal, st.error().message);
@@ -693,6 +822,13 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
         return failed(RolloverFailure::DnsFailure,
                       answer ? "the new key is not in the validated KEY RRset: not removing the old one"
                              : answer.error().message);
+      }
+      if (node_presents(c, *state->new_key, std::chrono::seconds(2)) == false) {
+        fill_common(c, state, ttl_for_records());
+        return failed(RolloverFailure::NotSwitched,
+                      fmt::format("the running node does not present the new key (tag {}): not removing the old "
+                                  "one (run switch again, and see the node's log)",
+                                  state->new_key->key_tag));
       }
       const std::string old_record = record_of(state->old_key, c.domain, ttl_for_records());
       if (options.update_server) {

@@ -14,6 +14,7 @@
 // re-running the step that was interrupted finishes it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -25,6 +26,7 @@
 
 #include "common/result.h"
 #include "dnskey/key_answer.h"
+#include "federation/identity.h"
 #include "tooling/dns_update.h"
 
 namespace keyfed {
@@ -37,6 +39,7 @@ enum class RolloverFailure {
   TooEarly,      ///< refused: retry at `retry_at`
   DnsFailure,    ///< the validated lookup failed (temp-fail, bogus, insecure, ...)
   UpdateFailed,  ///< the dynamic update was refused or failed
+  NotSwitched,   ///< the running node does not present the key it should (its reload failed?)
   Internal,
 };
 
@@ -80,6 +83,15 @@ std::filesystem::path rollover_state_file(const std::filesystem::path& key_file,
 /// TOML text, leaving every other byte as it was.
 Result<std::string> replace_domain_keys(const std::string& text, const std::filesystem::path& origin,
                                         const std::string& domain, const std::vector<std::string>& keys);
+
+/// The SubjectPublicKeyInfo (DER) of the certificate a node presents for
+/// `domain` (SNI) at ADDRESS:PORT: a TLS 1.3 handshake as a client showing
+/// `client` (one of the domain's own keys, so the node has no handshake to
+/// refuse and audit), closed before any CLAIM once the server's certificate
+/// is read.
+Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int port, const std::string& domain,
+                                                 const DomainIdentity& client,
+                                                 std::chrono::milliseconds timeout = std::chrono::seconds(3));
 
 /// The pid of the process serving the control socket (SO_PEERCRED), or an
 /// error if nothing answers on it.
