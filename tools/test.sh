@@ -48,6 +48,7 @@ echo "== bench smoke run (figures are not checked)"
 "$src/build/bench/bench_key_lookup" "$src/build/testbed" --quick
 "$src/build/bench/bench_federation" "$src/build/testbed" --quick
 "$src/build/bench/bench_store" "$src/build/testbed" --quick
+"$src/build/bench/bench_testbed" "$src/build/testbed" --quick
 "$src/bench/load.sh" "$src/build/testbed" --quick
 
 echo

@@ -20,6 +20,7 @@
 #include "daemon/control_client.h"
 #include "federation/identity.h"
 #include "tooling/knot_testbed.h"
+#include "tooling/support.h"
 #include "tooling/zone_signer.h"
 
 extern char** environ;
@@ -39,30 +40,6 @@ constexpr const char* kNames[] = {"alpha", "beta",   "gamma",   "delta", "epsilo
 std::string domain_name_for(int i) {
   if (i < static_cast<int>(std::size(kNames))) return fmt::format("{}.test", kNames[i]);
   return fmt::format("d{:03}.test", i + 1);
-}
-
-Status write_file(const fs::path& path, const std::string& text, fs::perms mode = fs::perms(0644)) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) return make_error("{}: cannot write", tmp.string());
-  }
-  std::error_code ec;
-  fs::permissions(tmp, mode, ec);
-  fs::rename(tmp, path, ec);
-  if (ec) return make_error("{}: cannot write: {}", path.string(), ec.message());
-  return ok_status();
-}
-
-Result<std::string> read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error("{}: cannot read", path.string());
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 fs::path zone_key_stem(const fs::path& dir, const std::string& origin) { return dir / "zonekeys" / origin; }
@@ -201,7 +178,7 @@ Status Testbed::generate_zone_keys() {
     if (!key) return key.error();
     if (Status s = key->save(zone_key_stem(dir_, origin)); !s) return s;
     if (origin == "test") {
-      if (Status s = write_file(dir_ / "trust-anchor.ds", key->ds_record() + "\n"); !s) return s;
+      if (Status s = write_file_atomic(dir_ / "trust-anchor.ds", key->ds_record() + "\n", 0644); !s) return s;
     }
   }
   return ok_status();
@@ -244,13 +221,13 @@ Status Testbed::write_zones(const std::vector<std::string>& zones) {
     const TestbedDomain* d = origin == "test" ? nullptr : find(origin);
     std::string text = zone_text(origin);
     fs::path unsigned_path = dir_ / "zones" / (origin + ".zone");
-    if (Status s = write_file(unsigned_path, text); !s) return s;
+    if (Status s = write_file_atomic(unsigned_path, text, 0644); !s) return s;
     if (!is_signed(d)) continue;
     Result<ZoneKey> key = ZoneKey::load(origin, zone_key_stem(dir_, origin).string() + ".private");
     if (!key) return key.error();
     Result<std::string> signed_text = sign_zone(text, *key, now - std::chrono::hours(1), now + std::chrono::days(30));
     if (!signed_text) return signed_text.error();
-    if (Status s = write_file(dir_ / "zones" / (origin + ".zone.signed"), *signed_text); !s) return s;
+    if (Status s = write_file_atomic(dir_ / "zones" / (origin + ".zone.signed"), *signed_text, 0644); !s) return s;
   }
   return ok_status();
 }
@@ -281,7 +258,7 @@ Status Testbed::write_node_config(const TestbedDomain& d) const {
       "[control]\nsocket = \"node.sock\"\n\n"
       "[delivery]\nretry_first_s = 1\nretry_max_s = 2\n",
       (dir_ / "trust-anchor.ds").string(), resolver, d.port, d.name, d.node_key, users);
-  return write_file(node_config(d), text);
+  return write_file_atomic(node_config(d), text, 0644);
 }
 
 Status Testbed::save() const {
@@ -298,12 +275,12 @@ Status Testbed::save() const {
   }
   json state = {{"version", kStateVersion}, {"dns", std::string(to_string(dns_))}, {"base_port", base_port_},
                 {"key_ttl", key_ttl_},      {"knot_pid", knot_pid_},               {"domains", domains}};
-  return write_file(dir_ / "testbed.json", state.dump(2) + "\n", fs::perms(0600));
+  return write_file_atomic(dir_ / "testbed.json", state.dump(2) + "\n", 0600);
 }
 
 Result<Testbed> Testbed::open(const fs::path& dir) {
   fs::path file = dir / "testbed.json";
-  Result<std::string> text = read_file(file);
+  Result<std::string> text = read_small_file(file);
   if (!text) return make_error("{}: no testbed here (keyfed testbed up --dir {})", dir.string(), dir.string());
   Testbed tb;
   tb.dir_ = fs::absolute(dir).lexically_normal();
