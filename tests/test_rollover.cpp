@@ -118,6 +118,16 @@ TEST_CASE("TSIG key files: BIND and knsupdate forms, strict, the secret never in
   auto two = parse_tsig_key("k2:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "t.key");
   REQUIRE(two);
   CHECK(two->algorithm == "hmac-sha256");
+  // '/' is base64: a secret holding "//" is a secret, not a comment (in
+  // either form), while a comment after the key still is one.
+  auto slashes = parse_tsig_key("key \"k\" { // the update key\n algorithm hmac-sha256;\n secret \"ab//cd+/ef//gh==\"; };\n"
+                                "# end\n", "t.key");
+  REQUIRE(slashes);
+  CHECK(slashes->secret == "ab//cd+/ef//gh==");
+  auto slashes_line = parse_tsig_key("hmac-sha256:k:ab//cd+/ef//gh== // from knsupdate\n", "t.key");
+  REQUIRE(slashes_line);
+  CHECK(slashes_line->secret == "ab//cd+/ef//gh==");
+  CHECK_FALSE(parse_tsig_key(std::string(5000, 'a'), "t.key"));
 
   for (const char* bad : {"", "hmac-sha256:k1", "hmac-foo:k1:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0",
                           "hmac-sha256:k1:not base64!", "key \"k\" { algorithm hmac-sha256; };",

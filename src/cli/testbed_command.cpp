@@ -1,11 +1,11 @@
 #include "cli/testbed_command.h"
 
-#include <cstdio>
 #include <filesystem>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "tooling/support.h"
 #include "tooling/testbed.h"
 #include "tooling/testbed_scenarios.h"
 
@@ -87,23 +87,20 @@ ExitStatus status(const TestbedCommandOptions& o, std::ostream& out, std::ostrea
     return ExitStatus::BadInput;
   }
   if (!o.svg.empty()) {
-    std::string dot = tb->dot();
-    fs::path dot_file = tb->dir() / "testbed.dot";
-    std::FILE* f = std::fopen(dot_file.c_str(), "w");
-    if (f == nullptr) {
-      err << fmt::format("keyfed: error: {}: cannot write\n", dot_file.string());
-      return ExitStatus::InternalError;
-    }
-    std::fwrite(dot.data(), 1, dot.size(), f);
-    std::fclose(f);
-    std::string command = fmt::format("dot -Tsvg -o '{}' '{}'", o.svg, dot_file.string());
-    if (o.svg.find('\'') != std::string::npos || std::system("command -v dot >/dev/null 2>&1") != 0) {
-      err << "keyfed: error: --svg needs Graphviz's `dot` (apt-get install graphviz) and a file name without quotes; "
-             "--dot prints the graph\n";
+    Result<fs::path> dot_program = find_program("dot");
+    if (!dot_program) {
+      err << "keyfed: error: --svg needs Graphviz's `dot` (apt-get install graphviz); --dot prints the graph\n";
       return ExitStatus::BadInput;
     }
-    if (std::system(command.c_str()) != 0) {
-      err << fmt::format("keyfed: error: dot could not render {}\n", o.svg);
+    fs::path dot_file = tb->dir() / "testbed.dot";
+    if (Status s = write_file_atomic(dot_file, tb->dot(), 0644); !s) {
+      err << "keyfed: error: " << s.error().message << "\n";
+      return ExitStatus::InternalError;
+    }
+    // No shell: the file names go to dot as arguments, whatever they hold.
+    Result<std::string> rendered = run_program({dot_program->string(), "-Tsvg", "-o", o.svg, dot_file.string()});
+    if (!rendered) {
+      err << "keyfed: error: dot could not render " << o.svg << ": " << rendered.error().message << "\n";
       return ExitStatus::InternalError;
     }
     out << fmt::format("{} written\n", o.svg);

@@ -54,10 +54,21 @@ Result<TsigKey> checked(TsigKey key, const std::string& origin) {
 }  // namespace
 
 Result<TsigKey> parse_tsig_key(std::string_view text, const std::string& origin) {
-  // Comments (#, //) to the end of the line are dropped first.
+  // A key file is a few lines; the regexes below are not for megabytes.
+  if (text.size() > 4096) return make_error("{}: over 4096 bytes: not a TSIG key file", origin);
+  // Comments (#, //) to the end of the line are dropped first, but only
+  // outside quotes and where a word starts: '/' is a base64 character, and a
+  // secret may hold "//" (about 1 in 100 random 32-byte secrets do).
   std::string clean;
+  bool quoted = false;
   for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '#' || (text[i] == '/' && i + 1 < text.size() && text[i + 1] == '/')) {
+    if (text[i] == '"') quoted = !quoted;
+    if (text[i] == '\n') quoted = false;
+    bool word_start = i == 0 || text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == ';' ||
+                      text[i - 1] == '{' || text[i - 1] == '}';
+    bool comment = !quoted && word_start &&
+                   (text[i] == '#' || (text[i] == '/' && i + 1 < text.size() && text[i + 1] == '/'));
+    if (comment) {
       while (i < text.size() && text[i] != '\n') ++i;
       if (i < text.size()) clean += '\n';
       continue;

@@ -1,6 +1,8 @@
 #include "tooling/rollover.h"
 
 #include <signal.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -451,6 +453,12 @@ Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int
   }
   if (Status s = openssl_check("TLS socket", [&] { return SSL_set_fd(ssl.get(), fd); }); !s) return s.error();
   SslIo io = ssl_io(ssl.get(), [&] { return SSL_connect(ssl.get()); });
+  // Only a completed handshake proves the node holds the key: OpenSSL keeps
+  // the peer's certificate before it has checked CertificateVerify.
+  if (io.result != 1) {
+    return make_error("the node at {} port {} did not complete a TLS handshake ({})", address, port,
+                      untrusted(io.reason.empty() ? "no handshake" : io.reason));
+  }
   X509* certificate = openssl_call([&] { return SSL_get0_peer_certificate(ssl.get()); });
   if (certificate == nullptr) {
     return make_error("the node at {} port {} presented no certificate ({})", address, port,
@@ -465,7 +473,12 @@ Result<std::vector<std::uint8_t>> presented_spki(const std::string& address, int
   timeval drain{1, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &drain, sizeof drain);
   char sink[4096];
-  while (::recv(fd, sink, sizeof sink, 0) > 0) {
+  // Bounded: a peer that keeps sending is not waited for past 64 KiB or 2 s.
+  auto drain_until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (std::size_t drained = 0; drained < 64 * 1024 && std::chrono::steady_clock::now() < drain_until;) {
+    ssize_t n = ::recv(fd, sink, sizeof sink, 0);
+    if (n <= 0) break;
+    drained += static_cast<std::size_t>(n);
   }
   if (spki.empty()) return make_error("the node's certificate has no public key");
   return spki;
@@ -489,6 +502,11 @@ Result<int> control_socket_pid(const fs::path& socket) {
   int r = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
   ::close(fd);
   if (r != 0 || cred.pid <= 0) return make_error("{}: cannot tell which process serves it", path);
+  // Only our own node is signalled: a socket bound by another user, or a
+  // pid gone and reused, must not get a SIGHUP from us (possibly as root).
+  if (cred.uid != ::geteuid()) {
+    return make_error("{} is served by pid {} of uid {}, not this user's: not signalled", path, cred.pid, cred.uid);
+  }
   return static_cast<int>(cred.pid);
 }
 
@@ -597,6 +615,24 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
   Result<DomainIdentity> current = load_domain_identity(c.domain, c.key_files.front());
   if (!current) return failed(RolloverFailure::BadInput, current.error().message);
   c.state_file = rollover_state_file(c.key_files.front(), c.domain);
+  // One step at a time per domain: a `status` from cron and an operator's
+  // `next` must not both read, change and write the state (two keys made,
+  // one forgotten in DNS).
+  fs::path lock_path = c.state_file;
+  lock_path += ".lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (lock_fd < 0) {
+    return failed(RolloverFailure::BadInput, fmt::format("{}: cannot open the lock file: {}", lock_path.string(), std::strerror(errno)));
+  }
+  struct LockFile {
+    int fd;
+    ~LockFile() { ::close(fd); }
+  } lock{lock_fd};
+  if (::flock(lock.fd, LOCK_EX | LOCK_NB) != 0) {
+    return failed(RolloverFailure::BadInput,
+                  fmt::format("another keyfed rollover of {} is running (lock {}): run this step again when it ends",
+                              c.domain, lock_path.string()));
+  }
 
   std::optional<State> state;
   {
@@ -850,10 +886,21 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       if (keys.empty()) keys.push_back(config_name(state->new_key->file, options.config));
       if (Status st = rewrite_keys(c, keys); !st) return failed(RolloverFailure::BadInput, st.error().message);
       reload_node(c);
-      // The old private key is kept, renamed, so nothing loads it by mistake.
+      // The old private key is kept, renamed, so nothing loads it by mistake,
+      // unless another domain of this configuration still names the file.
       std::error_code ec;
       std::string kept = state->old_key.file + ".retired";
-      if (fs::exists(state->old_key.file, ec)) {
+      std::string shared_with;
+      for (const HostedDomain& other : c.config.federation.domains) {
+        if (other.domain == c.domain) continue;
+        for (const fs::path& f : other.key_files) {
+          if (same_file(f, state->old_key.file)) shared_with = other.domain;
+        }
+      }
+      if (!shared_with.empty()) {
+        kept = state->old_key.file;
+        report.lines.push_back(fmt::format("{} is also a key of {}: left in place", state->old_key.file, shared_with));
+      } else if (fs::exists(state->old_key.file, ec)) {
         fs::rename(state->old_key.file, kept, ec);
         if (ec) return failed(RolloverFailure::Internal, fmt::format("cannot rename {}: {}", state->old_key.file, ec.message()));
       }

@@ -78,6 +78,15 @@ Result<std::string> read_small_file(const std::filesystem::path& file, std::size
 }
 
 Result<std::string> run_program(const std::vector<std::string>& argv) {
+  Result<ProgramRun> run = run_program_status(argv);
+  if (!run) return run.error();
+  if (run->status != 0) {
+    return make_error("{} failed (status {}): {}", argv[0], run->status, untrusted(run->output, 1024));
+  }
+  return std::move(run->output);
+}
+
+Result<ProgramRun> run_program_status(const std::vector<std::string>& argv) {
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) return make_error("pipe: {}", std::strerror(errno));
   pid_t pid = ::fork();
@@ -111,11 +120,21 @@ Result<std::string> run_program(const std::vector<std::string>& argv) {
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return make_error("{} failed (status {}): {}", argv[0],
-                      WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), untrusted(output, 1024));
+  return ProgramRun{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), std::move(output)};
+}
+
+Result<std::filesystem::path> find_program(const std::string& name) {
+  std::string path = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "/usr/bin:/bin";
+  path += ":/usr/sbin:/usr/bin";
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    std::size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::filesystem::path candidate = std::filesystem::path(path.substr(start, end - start)) / name;
+    if (end > start && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
   }
-  return output;
+  return make_error("{} not found on PATH", name);
 }
 
 Result<int> pick_free_port(const std::string& address) {

@@ -22,6 +22,17 @@ Result<std::string> read_small_file(const std::filesystem::path& file, std::size
 /// the output quoted (untrusted).
 Result<std::string> run_program(const std::vector<std::string>& argv);
 
+/// The same, whatever the exit status: the status (128 + signal when a
+/// signal ended it) and the output (at most 1 MiB kept).
+struct ProgramRun {
+  int status = 0;
+  std::string output;
+};
+Result<ProgramRun> run_program_status(const std::vector<std::string>& argv);
+
+/// NAME on PATH (then /usr/sbin, /usr/bin), executable.
+Result<std::filesystem::path> find_program(const std::string& name);
+
 /// A free TCP+UDP port on 127.0.0.1 a moment ago.
 Result<int> pick_free_port(const std::string& address = "127.0.0.1");
 

@@ -44,6 +44,23 @@ std::string domain_name_for(int i) {
 
 fs::path zone_key_stem(const fs::path& dir, const std::string& origin) { return dir / "zonekeys" / origin; }
 
+// The testbed's directory holds private keys, node configurations and the
+// pids the testbed signals: it must be this user's alone. A directory
+// another user made first (in /tmp, say) is refused, as is a symbolic link.
+Status check_private_dir(const fs::path& dir) {
+  struct stat st{};
+  if (::lstat(dir.c_str(), &st) != 0) return make_error("{}: {}", dir.string(), std::strerror(errno));
+  if (S_ISLNK(st.st_mode)) return make_error("{} is a symbolic link: refused (give the real directory)", dir.string());
+  if (!S_ISDIR(st.st_mode)) return make_error("{} is not a directory", dir.string());
+  if (st.st_uid != ::geteuid()) {
+    return make_error("{} belongs to uid {}, not to this user: refused", dir.string(), st.st_uid);
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return make_error("{} is writable by group or others: refused (chmod 0700)", dir.string());
+  }
+  return ok_status();
+}
+
 bool is_signed(const TestbedDomain* d) { return d == nullptr || d->kind != TestbedKind::Insecure; }
 
 // The process still runs `keyfed run --config CONFIG` (a pid recorded in the
@@ -116,8 +133,11 @@ Result<Testbed> Testbed::create(const TestbedOptions& options) {
     return make_error("{} already holds a testbed (keyfed testbed down --dir {} --remove, or another --dir)",
                       options.dir.string(), options.dir.string());
   }
+  bool existed = fs::exists(options.dir, ec);
   fs::create_directories(options.dir, ec);
   if (ec) return make_error("{}: cannot create: {}", options.dir.string(), ec.message());
+  if (!existed) fs::permissions(options.dir, fs::perms::owner_all, ec);
+  if (Status s = check_private_dir(options.dir); !s) return s.error();
   Testbed tb;
   tb.dir_ = fs::absolute(options.dir).lexically_normal();
   tb.dns_ = options.dns;
@@ -280,6 +300,10 @@ Status Testbed::save() const {
 
 Result<Testbed> Testbed::open(const fs::path& dir) {
   fs::path file = dir / "testbed.json";
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    if (Status s = check_private_dir(dir); !s) return s.error();
+  }
   Result<std::string> text = read_small_file(file);
   if (!text) return make_error("{}: no testbed here (keyfed testbed up --dir {})", dir.string(), dir.string());
   Testbed tb;

@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "federation/identity.h"
+#include "tooling/support.h"
 
 namespace keyfed {
 namespace fs = std::filesystem;
@@ -248,11 +249,10 @@ Outcome scenario_forged_claim(Driver& drv) {
       "From: <im:alice@{}>\r\nTo: <im:bob@{}>\r\nDateTime: {}\r\n\r\nContent-Type: text/plain\r\n\r\n{}\r\n", victim.name,
       target.name, now_rfc3339(), token);
   drv.mark_logs();
-  std::string command = fmt::format("'{}' send --direct --config '{}' '{}' >'{}' 2>&1", keyfed_binary().string(),
-                                    (scratch / "impostor.toml").string(), (scratch / "message.cpim").string(),
-                                    (scratch / "send.log").string());
-  int raw = std::system(command.c_str());
-  int status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128;
+  Result<ProgramRun> sent = run_program_status({keyfed_binary().string(), "send", "--direct", "--config",
+                                                (scratch / "impostor.toml").string(), (scratch / "message.cpim").string()});
+  if (!sent) return fail("cannot run keyfed send --direct: " + sent.error().message);
+  int status = sent->status;
   drv.say(fmt::format("impostor of {} sends to {}: keyfed send --direct exit status {}", victim.name, target.name, status));
   if (status != 8) return fail(fmt::format("send --direct by the impostor exited {} (expected 8: no session)", status));
   std::vector<std::string> refused;
@@ -395,6 +395,7 @@ Outcome scenario_rollover(Driver& drv) {
   r.node_key = new_key;
   if (Status s = drv.tb().write_node_config(r); !s) return fail(s.error().message);
   if (Status s = drv.tb().save(); !s) return fail(s.error().message);
+  if (!drv.tb().running(r)) return fail(r.name + "'s node is not running");
   ::kill(r.pid, SIGHUP);
   drv.say(fmt::format("{}: node switched to {} (reload)", r.name, new_key));
   std::this_thread::sleep_for(drv.ttl_wait());

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/c_handles.h"
+#include "tooling/support.h"
 
 namespace keyfed {
 namespace {
@@ -82,18 +83,9 @@ Result<ZoneKey> ZoneKey::load(const std::string& origin, const std::filesystem::
 Status ZoneKey::save(const std::filesystem::path& stem) const {
   MallocString text(ldns_key2str(key_.get()));
   if (!text) return make_error("ldns cannot write the zone key of {}", origin_);
-  std::string private_path = stem.string() + ".private";
-  int fd = ::open(private_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return make_error("{}: cannot create the zone key file", private_path);
-  std::string_view body(text.get());
-  bool written = ::fchmod(fd, 0600) == 0 && ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size());
-  written = ::fsync(fd) == 0 && written;
-  ::close(fd);
-  if (!written) return make_error("{}: cannot write the zone key", private_path);
-  std::ofstream pub(stem.string() + ".key", std::ios::trunc);
-  pub << dnskey_record() << "\n";
-  if (!pub) return make_error("{}.key: cannot write the DNSKEY record", stem.string());
-  return ok_status();
+  // Atomic and fsynced (support.h): a crash leaves the old key or the new one.
+  if (Status s = write_file_atomic(stem.string() + ".private", text.get(), 0600); !s) return s;
+  return write_file_atomic(stem.string() + ".key", dnskey_record() + "\n", 0644);
 }
 
 std::string ZoneKey::dnskey_record() const {
