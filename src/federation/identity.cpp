@@ -129,8 +129,18 @@ Status generate_key_file(const std::filesystem::path& key_file, std::uint8_t alg
     return nullptr;
   }));
   if (!key) return make_error("cannot generate a key of algorithm {}", algorithm);
-  int fd = ::open(key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  // Crash-safe: the key is written and synced under a temporary name, then
+  // linked to its own (link() fails if the name exists, as O_EXCL would), so
+  // the name never holds a partial key, even after a power loss.
+  std::filesystem::path dir = key_file.has_parent_path() ? key_file.parent_path() : std::filesystem::path(".");
+  std::string tmp = (dir / ("." + key_file.filename().string() + ".tmp-XXXXXX")).string();
+  int fd = ::mkstemp(tmp.data());
   if (fd < 0) return make_error("{}: cannot create key file: {}", key_file.string(), std::strerror(errno));
+  struct Unlink {
+    std::string path;
+    ~Unlink() { ::unlink(path.c_str()); }
+  } cleanup{tmp};
+  ::fchmod(fd, 0600);
   std::unique_ptr<std::FILE, FileCloser> file(::fdopen(fd, "w"));
   if (!file) {
     ::close(fd);
@@ -142,7 +152,17 @@ Status generate_key_file(const std::filesystem::path& key_file, std::uint8_t alg
       !s) {
     return make_error("{}: {}", key_file.string(), s.error().message);
   }
-  if (std::fflush(file.get()) != 0) return make_error("{}: cannot write key file: {}", key_file.string(), std::strerror(errno));
+  if (std::fflush(file.get()) != 0 || ::fsync(::fileno(file.get())) != 0) {
+    return make_error("{}: cannot write key file: {}", key_file.string(), std::strerror(errno));
+  }
+  if (::link(tmp.c_str(), key_file.c_str()) != 0) {
+    return make_error("{}: cannot create key file: {}", key_file.string(), std::strerror(errno));
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
   return ok_status();
 }
 

@@ -748,6 +748,15 @@ RolloverReport run_rollover(const RolloverOptions& options, const KeyLookup& loo
       }
       Result<DomainIdentity> next = load_domain_identity(c.domain, state->new_key_file);
       if (!next) return failed(RolloverFailure::BadInput, next.error().message);
+      if (state->new_key && state->new_key->key != key_info(*next).key &&
+          (state->added_by_update || state->published_at)) {
+        // Its record is in DNS already: replacing it would leave that record
+        // published for ever, never retired.
+        return failed(RolloverFailure::BadInput,
+                      fmt::format("{} is not the next key the state records (tag {}), which is published already; put "
+                                  "that key back, or remove its record and the state file",
+                                  state->new_key_file, state->new_key->key_tag));
+      }
       if (!state->new_key || state->new_key->key != key_info(*next).key) {
         state->new_key = key_info(*next);
         if (Status st = save(c, *state); !st) return failed(RolloverFailure::Internal, st.error().message);
