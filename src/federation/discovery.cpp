@@ -21,6 +21,7 @@ struct Discovery::Job {
   std::map<std::pair<std::string, int>, std::vector<std::string>> addresses;  // (host, port) -> addresses
   std::vector<std::pair<std::string, int>> hosts;                              // in order
   std::string failure;
+  std::string temp_failure;  // an address lookup that failed (not NXDOMAIN or NODATA)
 
   void fail(DiscoveryFailure why, Error error) { callback(std::move(error), why); }
 };
@@ -138,6 +139,9 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
         if (alive.expired()) return;
         if (answer != nullptr && answer->bogus) {
           job->failure = fmt::format("address of {} is bogus", host.first);
+        } else if (answer == nullptr || (answer->rcode != 0 && answer->rcode != 3)) {
+          // SERVFAIL, REFUSED, a deadline: not "no address" (a transient failure).
+          job->temp_failure = fmt::format("the address lookup of {} failed", host.first);
         } else if (answer != nullptr && answer->havedata) {
           job->secure = job->secure && answer->secure != 0;
           LdnsRrListPtr rrs = answer_records(*answer, static_cast<ldns_rr_type>(type));
@@ -155,6 +159,9 @@ void Discovery::resolve_hosts(const std::shared_ptr<Job>& job) {
           for (const std::string& address : job->addresses[h]) {
             if (found.servers.size() < kMaxServers) found.servers.push_back({h.first, address, h.second});
           }
+        }
+        if (found.servers.empty() && !job->temp_failure.empty()) {
+          return job->fail(DiscoveryFailure::TempFail, make_error("{}", job->temp_failure));
         }
         if (found.servers.empty()) {
           return job->fail(DiscoveryFailure::NoAddress,

@@ -49,7 +49,7 @@ struct DiscoveredServers {
 /// check`): the DNS could not be asked or judged, or it says there is none.
 enum class DiscoveryFailure {
   None,       ///< servers were found
-  TempFail,   ///< an SRV query failed or timed out (SERVFAIL, REFUSED, deadline)
+  TempFail,   ///< an SRV query, or every address query that found nothing, failed or timed out (SERVFAIL, REFUSED, deadline)
   Bogus,      ///< an SRV or address answer failed DNSSEC validation
   NoService,  ///< a single SRV record with target "." (RFC 2782)
   NoAddress,  ///< no A or AAAA record for any target (or for the domain, without SRV)

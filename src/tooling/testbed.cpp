@@ -74,6 +74,9 @@ bool process_runs(pid_t pid, const fs::path& config) {
   if (!std::getline(stat, line)) return false;
   std::size_t close = line.rfind(')');
   if (close == std::string::npos || close + 2 >= line.size() || line[close + 2] == 'Z') return false;
+  // Another user's process is never ours to signal, whatever its command line.
+  struct stat owner{};
+  if (::stat(fmt::format("/proc/{}", pid).c_str(), &owner) != 0 || owner.st_uid != ::geteuid()) return false;
   std::ifstream cmdline(fmt::format("/proc/{}/cmdline", pid), std::ios::binary);
   std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
   return args.find(config.string()) != std::string::npos;
@@ -430,9 +433,12 @@ Status Testbed::stop_node(TestbedDomain& d, int signal, bool wait) {
   ::kill(d.pid, signal);
   if (wait) {
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    bool killed = false;
     while (running(d)) {
       if (std::chrono::steady_clock::now() > until) {
+        if (killed) return make_error("{}: pid {} still runs after SIGKILL", d.name, d.pid);
         ::kill(d.pid, SIGKILL);
+        killed = true;
         until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -447,12 +453,24 @@ Status Testbed::down(std::chrono::seconds grace) {
     if (running(*d)) ::kill(d->pid, SIGTERM);
   }
   auto until = std::chrono::steady_clock::now() + grace;
+  auto give_up = until + std::chrono::seconds(10);
+  std::vector<std::string> stuck;
   for (TestbedDomain* d : nodes()) {
     while (running(*d)) {
-      if (std::chrono::steady_clock::now() > until) ::kill(d->pid, SIGKILL);
+      auto now = std::chrono::steady_clock::now();
+      if (now > give_up) break;
+      if (now > until) ::kill(d->pid, SIGKILL);
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    d->pid = 0;
+    if (running(*d)) {
+      stuck.push_back(fmt::format("{} (pid {})", d->name, d->pid));
+    } else {
+      d->pid = 0;
+    }
+  }
+  if (!stuck.empty()) {
+    (void)save();
+    return make_error("still running after SIGKILL: {}", fmt::join(stuck, ", "));
   }
   if (dns_ == TestbedDns::Knot) {
     if (Status s = set_dns_running(false); !s) return s;
