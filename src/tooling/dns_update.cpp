@@ -6,13 +6,16 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <regex>
+#include <vector>
 
 #include "common/c_handles.h"
 #include "common/log.h"
@@ -181,6 +184,70 @@ Result<DnsServer> parse_dns_server(std::string_view text) {
   return server;
 }
 
+namespace {
+
+// Waits until fd is ready for `events` or the deadline passes.
+bool wait_fd(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return false;
+  }
+}
+
+// One DNS exchange over TCP (RFC 1035 §4.2.2 framing) or UDP, bounded as a
+// whole by `deadline`.
+Result<std::vector<uint8_t>> dns_exchange(const sockaddr_storage& to, socklen_t to_len, const uint8_t* query,
+                                          std::size_t query_size, bool tcp, std::chrono::steady_clock::time_point deadline) {
+  int fd = ::socket(to.ss_family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_error("socket: {}", std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&to), to_len) != 0 && errno != EINPROGRESS) {
+    return make_error("connect: {}", std::strerror(errno));
+  }
+  if (tcp) {
+    if (!wait_fd(fd, POLLOUT, deadline)) return make_error("no connection before the deadline");
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) return make_error("connect: {}", std::strerror(err));
+  }
+  std::vector<uint8_t> out;
+  if (tcp) {
+    out.push_back(static_cast<uint8_t>(query_size >> 8));
+    out.push_back(static_cast<uint8_t>(query_size & 0xff));
+  }
+  out.insert(out.end(), query, query + query_size);
+  for (std::size_t sent = 0; sent < out.size();) {
+    if (!wait_fd(fd, POLLOUT, deadline)) return make_error("cannot send before the deadline");
+    ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return make_error("send: {}", std::strerror(errno));
+    if (n > 0) sent += static_cast<std::size_t>(n);
+  }
+  std::vector<uint8_t> in;
+  std::size_t want = tcp ? 2 : 65535;
+  std::vector<uint8_t> buffer(65537);
+  while (true) {
+    if (!wait_fd(fd, POLLIN, deadline)) return make_error("no answer before the deadline");
+    ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    if (n < 0) return make_error("receive: {}", std::strerror(errno));
+    if (!tcp) return std::vector<uint8_t>(buffer.begin(), buffer.begin() + n);
+    if (n == 0) return make_error("the server closed the connection before a whole answer");
+    in.insert(in.end(), buffer.begin(), buffer.begin() + n);
+    if (in.size() >= 2 && want == 2) want = 2 + (static_cast<std::size_t>(in[0]) << 8 | in[1]);
+    if (want > 2 && in.size() >= want) return std::vector<uint8_t>(in.begin() + 2, in.begin() + static_cast<long>(want));
+  }
+}
+
+}  // namespace
+
 Status send_dns_update(const DnsServer& server, const TsigKey& key, const DnsUpdate& update,
                        const UpdateOptions& options) {
   const std::string where = fmt::format("{}@{}", server.address, server.port);
@@ -243,17 +310,15 @@ Status send_dns_update(const DnsServer& server, const TsigKey& key, const DnsUpd
     if (inet_pton(AF_INET6, server.address.c_str(), &sa->sin6_addr) != 1) return make_error("{}: bad address", where);
     to_len = sizeof(sockaddr_in6);
   }
-  auto ms = options.timeout.count();
-  timeval timeout{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
-  uint8_t* raw_reply = nullptr;
-  size_t reply_size = 0;
-  ldns_status s = options.tcp ? ldns_tcp_send(&raw_reply, query.get(), &to, to_len, timeout, &reply_size)
-                              : ldns_udp_send(&raw_reply, query.get(), &to, to_len, timeout, &reply_size);
-  MallocString reply_owner{reinterpret_cast<char*>(raw_reply)};
-  if (s != LDNS_STATUS_OK || raw_reply == nullptr) {
-    return make_error("update of {} at {} failed: {}", update.zone, where,
-                      s != LDNS_STATUS_OK ? ldns_get_errorstr_by_id(s) : "no answer");
-  }
+  // One deadline for the whole exchange (connect, send, every read): ldns's
+  // own senders apply their timeout to each read, so a server answering a
+  // byte at a time could hold us for hours.
+  auto deadline = std::chrono::steady_clock::now() + options.timeout;
+  Result<std::vector<uint8_t>> reply =
+      dns_exchange(to, to_len, ldns_buffer_begin(query.get()), ldns_buffer_position(query.get()), options.tcp, deadline);
+  if (!reply) return make_error("update of {} at {} failed: {}", update.zone, where, reply.error().message);
+  uint8_t* raw_reply = reply->data();
+  size_t reply_size = reply->size();
   ldns_pkt* parsed = nullptr;
   if (ldns_wire2pkt(&parsed, raw_reply, reply_size) != LDNS_STATUS_OK || parsed == nullptr) {
     return make_error("update of {} at {}: the answer is not a DNS message", update.zone, where);
