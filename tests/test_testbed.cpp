@@ -129,6 +129,20 @@ TEST_CASE("testbed: bad input is refused with status 2, before anything starts",
   CHECK(std::get<0>(cli({"testbed", "status", "--dir", dir.string()})) == 2);
   CHECK(std::get<0>(cli({"testbed", "run", "--dir", dir.string()})) == 2);
   CHECK_FALSE(fs::exists(dir / "testbed.json"));
+  // Too deep for the nodes' Unix sockets: refused by name, nothing created.
+  fs::path deep = tmp.path() / std::string(100, 'x');
+  auto [ds, dout, derr] = cli({"testbed", "up", "--dir", deep.string()});
+  CHECK(ds == 2);
+  CHECK(derr.find("too deep") != std::string::npos);
+  CHECK_FALSE(fs::exists(deep));
+  // A directory that others may write is not trusted with keys.
+  fs::path open_dir = tmp.path() / "open";
+  fs::create_directories(open_dir);
+  fs::permissions(open_dir, fs::perms::all);
+  auto [os, oout, oerr] = cli({"testbed", "up", "--dir", open_dir.string()});
+  CHECK(os == 2);
+  CHECK(oerr.find("writable by group or others") != std::string::npos);
+  CHECK_FALSE(fs::exists(open_dir / "testbed.json"));
 }
 
 TEST_CASE("testbed: generated zones validate, with each special case's outcome", "[testbed]") {

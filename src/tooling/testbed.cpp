@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -130,6 +131,17 @@ Result<Testbed> Testbed::create(const TestbedOptions& options) {
   if (static_cast<int>(options.base_port) + options.domains + 4 > 65535 || options.base_port < 1024) {
     return make_error("--base-port {} leaves no room for {} nodes below 65536 (or is below 1024)", options.base_port,
                       options.domains);
+  }
+  // Each node's control socket lives in DIR/nodes/DOMAIN/: a Unix socket's
+  // path has room for 107 bytes, so a deep DIR is refused here, by name,
+  // rather than by every node failing to start.
+  std::size_t socket_path = fs::absolute(options.dir).lexically_normal().string().size() +
+                            std::string("/nodes/").size() + std::max<std::size_t>(domain_name_for(options.domains - 1).size(), std::string("insecure.test").size()) +
+                            std::string("/node.sock").size();
+  if (socket_path > 107) {
+    return make_error("{}: too deep for the nodes' control sockets ({} bytes of a Unix socket path's 107): choose a "
+                      "shorter --dir",
+                      options.dir.string(), socket_path);
   }
   std::error_code ec;
   if (fs::exists(options.dir / "testbed.json", ec)) {
