@@ -74,7 +74,13 @@ bool process_runs(pid_t pid, const fs::path& config) {
   std::string line;
   if (!std::getline(stat, line)) return false;
   std::size_t close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size() || line[close + 2] == 'Z') return false;
+  if (close == std::string::npos || close + 2 >= line.size()) return false;
+  if (line[close + 2] == 'Z') {
+    // It died since the waitpid() above: reap it now if it is our child, so
+    // no zombie outlives a `down` (a child of ours when this process started it).
+    waitpid(pid, &status, WNOHANG);
+    return false;
+  }
   // Another user's process is never ours to signal, whatever its command line.
   struct stat owner{};
   if (::stat(fmt::format("/proc/{}", pid).c_str(), &owner) != 0 || owner.st_uid != ::geteuid()) return false;
@@ -490,9 +496,37 @@ Status Testbed::down(std::chrono::seconds grace) {
   return save();
 }
 
-Status Testbed::reload_nodes() {
-  for (TestbedDomain* d : nodes()) {
-    if (running(*d)) ::kill(d->pid, SIGHUP);
+Status Testbed::reload_nodes(std::chrono::milliseconds limit) { return reload(nodes(), limit); }
+
+Status Testbed::reload(const std::vector<TestbedDomain*>& which, std::chrono::milliseconds limit) {
+  // A SIGHUP is handled when the node's loop gets to it: wait for each
+  // node's "reloaded" line, so that what follows sees the new zones.
+  std::vector<std::pair<TestbedDomain*, std::uintmax_t>> signalled;
+  for (TestbedDomain* d : which) {
+    if (!running(*d)) continue;
+    std::error_code ec;
+    std::uintmax_t offset = fs::file_size(node_log(*d), ec);
+    if (::kill(d->pid, SIGHUP) == 0) signalled.emplace_back(d, ec ? 0 : offset);
+  }
+  auto until = std::chrono::steady_clock::now() + limit;
+  for (auto& [d, offset] : signalled) {
+    for (;;) {
+      std::ifstream in(node_log(*d));
+      in.seekg(static_cast<std::streamoff>(offset));
+      std::string line;
+      bool reloaded = false;
+      while (std::getline(in, line)) {
+        if (line.find("reload refused") != std::string::npos) {
+          return make_error("{}: {}", d->name, line.substr(0, 400));
+        }
+        reloaded = reloaded || line.find("info: reloaded ") != std::string::npos;
+      }
+      if (reloaded) break;
+      if (std::chrono::steady_clock::now() > until || !running(*d)) {
+        return make_error("{}: no reload seen in {} within {} ms", d->name, node_log(*d).string(), limit.count());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
   return ok_status();
 }

@@ -85,8 +85,11 @@ class Testbed {
   Status stop_node(TestbedDomain& domain, int signal, bool wait = true);
   bool running(const TestbedDomain& domain) const;
   /// SIGHUP to every running node (they reload their configuration and
-  /// judge their sessions again: docs/CONFIG.md "Reload").
-  Status reload_nodes();
+  /// judge their sessions again: docs/CONFIG.md "Reload"); returns once each
+  /// has logged that it reloaded (an error if one refused or did not).
+  Status reload_nodes(std::chrono::milliseconds limit = std::chrono::seconds(30));
+  /// The same for some nodes.
+  Status reload(const std::vector<TestbedDomain*>& which, std::chrono::milliseconds limit = std::chrono::seconds(30));
 
   /// Puts the DNS in line with the domains' state (published keys, DS,
   /// served): embedded, the zone files are signed again and every node

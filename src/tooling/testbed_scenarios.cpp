@@ -31,6 +31,15 @@ struct Outcome {
 };
 
 Outcome fail(std::string detail) { return {false, std::move(detail)}; }
+
+// Puts the testbed back however a scenario ends, so that one failure does
+// not fail every scenario after it.
+struct OnExit {
+  std::function<void()> undo;
+  ~OnExit() {
+    if (undo) undo();
+  }
+};
 Outcome pass(std::string detail) { return {true, std::move(detail)}; }
 
 bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds limit) {
@@ -281,8 +290,27 @@ Outcome scenario_bogus_zone(Driver& drv) {
   TestbedDomain& bad = *nodes.back();
   TestbedDomain& sender = *nodes.front();
   bad.ds_broken = true;
+  OnExit repair{[&] {
+    if (bad.ds_broken) {
+      bad.ds_broken = false;
+      (void)drv.tb().publish({"test"});
+    }
+  }};
   if (Status s = drv.tb().publish({"test"}); !s) return fail(s.error().message);
   drv.say(fmt::format("DS of {} in test. replaced by a stray key's", bad.name));
+  // The nodes have seen it once no authenticated session joins the two
+  // (embedded: at their reload; Knot: within a TTL).
+  auto joined = [&] {
+    for (auto [here, there] : {std::pair{&sender, &bad}, std::pair{&bad, &sender}}) {
+      for (const json& session : drv.sessions(*here)) {
+        if (session.value("peer_domain", "") == there->name && session.value("decision", "") == "authenticated") return true;
+      }
+    }
+    return false;
+  };
+  if (!wait_until([&] { return !joined(); }, drv.ttl_wait() + std::chrono::seconds(20))) {
+    return fail(fmt::format("sessions between {} and {} still authenticated after the DS broke", sender.name, bad.name));
+  }
   if (drv.tb().dns() == TestbedDns::Knot) std::this_thread::sleep_for(drv.ttl_wait());
   // Until repaired, nothing reaches the bogus domain and nothing from it is accepted.
   drv.mark_logs();
@@ -396,7 +424,7 @@ Outcome scenario_rollover(Driver& drv) {
   if (Status s = drv.tb().write_node_config(r); !s) return fail(s.error().message);
   if (Status s = drv.tb().save(); !s) return fail(s.error().message);
   if (!drv.tb().running(r)) return fail(r.name + "'s node is not running");
-  ::kill(r.pid, SIGHUP);
+  if (Status s = drv.tb().reload({&r}); !s) return fail(s.error().message);
   drv.say(fmt::format("{}: node switched to {} (reload)", r.name, new_key));
   std::this_thread::sleep_for(drv.ttl_wait());
   r.published_keys = {new_key};
@@ -509,6 +537,16 @@ Outcome scenario_dns_outage(Driver& drv) {
   TestbedDomain& dark = *nodes[0];
   TestbedDomain& sender = *nodes[1];
   bool knot = drv.tb().dns() == TestbedDns::Knot;
+  bool dns_back = false;
+  OnExit restore{[&] {
+    if (dns_back) return;
+    if (knot) {
+      (void)drv.tb().set_dns_running(true);
+    } else {
+      dark.served = true;
+      (void)drv.tb().publish({});
+    }
+  }};
   if (knot) {
     if (Status s = drv.tb().set_dns_running(false); !s) return fail(s.error().message);
     drv.say("Knot DNS stopped");
@@ -533,6 +571,7 @@ Outcome scenario_dns_outage(Driver& drv) {
       },
       std::chrono::seconds(20));
   std::string state = json(queued_to(drv, sender, dark)).dump();
+  dns_back = true;
   if (knot) {
     if (Status s = drv.tb().set_dns_running(true); !s) return fail(s.error().message);
     drv.say("Knot DNS started again");
