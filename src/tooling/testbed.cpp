@@ -89,6 +89,19 @@ bool process_runs(pid_t pid, const fs::path& config) {
   return args.find(config.string()) != std::string::npos;
 }
 
+// A node this process started (a child) is reaped once it stopped, so no
+// zombie outlives `down`: its command line empties while it exits, before
+// it is a zombie, so process_runs() already says it is gone.
+void reap_if_child(pid_t pid) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < until) {
+    int status = 0;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid || r < 0) return;  // reaped, or not our child
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 }  // namespace
 
 std::string_view to_string(TestbedDns dns) { return dns == TestbedDns::Knot ? "knot" : "embedded"; }
@@ -461,6 +474,7 @@ Status Testbed::stop_node(TestbedDomain& d, int signal, bool wait) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
+    reap_if_child(d.pid);
     d.pid = 0;
   }
   return save();
@@ -483,6 +497,7 @@ Status Testbed::down(std::chrono::seconds grace) {
     if (running(*d)) {
       stuck.push_back(fmt::format("{} (pid {})", d->name, d->pid));
     } else {
+      reap_if_child(d->pid);
       d->pid = 0;
     }
   }
