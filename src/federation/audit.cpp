@@ -1,24 +1,11 @@
 #include "federation/audit.h"
 
-#include <ctime>
-
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
 #include "federation/node.h"
 
 namespace keyfed {
-namespace {
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-}  // namespace
 
 std::string_view to_string(AuditEvent event) {
   switch (event) {
@@ -32,7 +19,7 @@ std::string_view to_string(AuditEvent event) {
 
 std::string audit_json(const SessionInfo& info, AuditEvent event, const PolicyVerdict& verdict,
                        std::optional<DnsOutcome> outcome) {
-  nlohmann::json line = {{"time", utc_now()},
+  nlohmann::json line = {{"time", utc_now_rfc3339()},
                          {"event", to_string(event)},
                          {"session", info.id},
                          {"direction", to_string(info.direction)},

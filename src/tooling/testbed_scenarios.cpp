@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "common/clock.h"
 #include "federation/identity.h"
 #include "tooling/support.h"
 
@@ -51,15 +52,6 @@ bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds lim
   return done();
 }
 
-std::string now_rfc3339() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // What a scenario needs besides the testbed: messages, inboxes, queues,
 // sessions, and the failures the nodes logged since a point.
 class Driver {
@@ -73,7 +65,7 @@ class Driver {
                            const std::string& to_user, const std::string& body) {
     std::string cpim = fmt::format(
         "From: <im:{}@{}>\r\nTo: <im:{}@{}>\r\nDateTime: {}\r\n\r\nContent-Type: text/plain\r\n\r\n{}\r\n", from_user,
-        from.name, to_user, to.name, now_rfc3339(), body);
+        from.name, to_user, to.name, utc_now_rfc3339(), body);
     Result<json> answer = tb_.control(from, {{"command", "submit"}, {"cpim", cpim}});
     if (!answer) return make_error("{}: submit: {}", from.name, answer.error().message);
     if (!answer->value("ok", false)) return make_error("{}: submit refused: {}", from.name, answer->dump());
@@ -256,7 +248,7 @@ Outcome scenario_forged_claim(Driver& drv) {
   std::string token = fmt::format("forged-{}", std::time(nullptr));
   std::ofstream(scratch / "message.cpim") << fmt::format(
       "From: <im:alice@{}>\r\nTo: <im:bob@{}>\r\nDateTime: {}\r\n\r\nContent-Type: text/plain\r\n\r\n{}\r\n", victim.name,
-      target.name, now_rfc3339(), token);
+      target.name, utc_now_rfc3339(), token);
   drv.mark_logs();
   Result<ProgramRun> sent = run_program_status({keyfed_binary().string(), "send", "--direct", "--config",
                                                 (scratch / "impostor.toml").string(), (scratch / "message.cpim").string()});
